@@ -1,0 +1,1 @@
+"""Tasks and their evaluation stages. Stage code runs inside the sandbox child."""
