@@ -156,3 +156,17 @@ class Task(Protocol):
     def check_interface(self, module: Any) -> str | None: ...  # None if ok, else a message
     def run_stage(self, program: Program, stage: StageSpec, target: TargetSpec) -> StageResult: ...
     def objectives(self, metrics: Mapping[str, float]) -> list[Objective]: ...
+
+
+class StageFailure(Exception):
+    """Raised by stage code to fail a stage with a specific kind (e.g. NAN, CAUSALITY).
+
+    The sandbox harness turns it into a failed ``StageResult``; any other exception raised by
+    stage code becomes ``RUNTIME`` (or ``OOM`` for allocator failures).
+    """
+
+    def __init__(self, kind: FailureKind, message: str, metrics: Mapping[str, float] | None = None):
+        super().__init__(message)
+        self.kind = kind
+        self.message = message
+        self.metrics = dict(metrics or {})
