@@ -35,13 +35,17 @@ def task_names() -> list[str]:
     return sorted(_targets())
 
 
-def get_task(name: str, options: Mapping[str, Any] | None = None) -> Task:
-    """Build task ``name`` with ``options``; raises UnknownTaskError / ValueError with one line."""
+def get_task_factory(name: str) -> Any:
+    """The class (or callable) that builds task ``name``; raises UnknownTaskError."""
     targets = _targets()
     if ":" in name:  # "package.module:Factory" names a task directly (plugins, tests)
         targets = {**targets, name: name}
     if name not in targets:
         raise UnknownTaskError(f"unknown task {name!r}; available: {', '.join(sorted(targets))}")
     module_name, _, attr = targets[name].partition(":")
-    factory = getattr(importlib.import_module(module_name), attr)
-    return factory(**dict(options or {}))
+    return getattr(importlib.import_module(module_name), attr)
+
+
+def get_task(name: str, options: Mapping[str, Any] | None = None) -> Task:
+    """Build task ``name`` with ``options``; raises UnknownTaskError / ValueError with one line."""
+    return get_task_factory(name)(**dict(options or {}))

@@ -1,0 +1,34 @@
+"""Helpers shared by CLI commands: database option, JSON output, one-line errors."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Annotated, Any
+
+import typer
+
+from discovery.errors import UserError
+
+DbOption = Annotated[
+    str | None,
+    typer.Option("--db", help="Database URL or SQLite path (default: $DISCO_DB or ./disco.db)."),
+]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
+CampaignOption = Annotated[
+    str | None, typer.Option("--campaign", "-c", help="Campaign id (default: the most recent).")
+]
+
+
+def print_json(obj: Any) -> None:
+    sys.stdout.write(json.dumps(obj, indent=2, default=str) + "\n")
+
+
+def fail(message: str, code: int = 1) -> None:
+    raise UserError(message) if code == 1 else typer.Exit(code)
+
+
+def console():
+    from rich.console import Console
+
+    return Console(highlight=False, soft_wrap=False, width=max(100, Console().width))

@@ -1,0 +1,328 @@
+"""The campaign's view of the knowledge base: every state transition of the loop as one
+committed transaction (DESIGN.md section 7, "every state change is committed before the next
+step").
+
+The loop never holds a session across an ``await``; each method opens, commits and closes
+its own. Repository functions (``knowledge_base.repository``) do the SQL; this module owns the
+campaign semantics: statuses, attempts, fitness against the reference seed, resume.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from agents.types import FailureInfo, Proposal, ProposalContext
+from discovery.config import CampaignConfig
+from discovery.errors import UserError
+from discovery.fitness import fitness as fitness_of
+from discovery.policies.base import EvaluatedCandidate
+from evaluator.types import FailureKind, Objective, StageResult, Task
+from knowledge_base import repository as repo
+from knowledge_base.db import Database
+from knowledge_base.models import Candidate
+from knowledge_base.novelty import normalized_code_hash
+
+FINISHED = ("evaluated", "failed")
+STARTED = ("running", "evaluated", "failed")
+
+
+@dataclass(frozen=True)
+class QueuedCandidate:
+    id: int
+    name: str
+    code: str
+    is_seed: bool
+    attempts: int
+
+
+@dataclass(frozen=True)
+class CompletedEvaluation:
+    candidate_id: int
+    name: str
+    status: str
+    feasible: bool
+    fitness: float | None
+    metrics: dict[str, float]
+    objectives: dict[str, float]
+    failure_kind: str | None
+    failure_stage: str | None
+    failure_message: str | None
+    wall_s: float
+    is_seed: bool
+    is_reference: bool
+    code: str
+    genome: dict[str, Any] | None
+    motivation: str
+    parent_ids: tuple[int, ...]
+
+    def as_evaluated(self) -> EvaluatedCandidate:
+        return EvaluatedCandidate(
+            id=self.candidate_id, name=self.name, code=self.code, genome=self.genome,
+            status=self.status, fitness=self.fitness, feasible=self.feasible,
+            is_seed=self.is_seed, metrics=self.metrics, motivation=self.motivation,
+        )
+
+
+def _metrics_of(cand: Candidate, rung: int | None = None) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for ev in cand.evaluations:
+        if ev.ok and (rung is None or ev.rung == rung):
+            out.update(ev.metrics or {})
+    return out
+
+
+class CampaignStore:
+    def __init__(self, db: Database, cfg: CampaignConfig, task: Task) -> None:
+        self.db = db
+        self.cfg = cfg
+        self.task = task
+        self.campaign_id = cfg.name
+        self._reference: dict[str, float] | None = None
+
+    # ------------------------------------------------------------------ campaign
+    def open_campaign(self, cfg: CampaignConfig, task: Task) -> bool:
+        """Create the campaign with its seeds, or resume it. Returns True when resuming."""
+        with self.db.session() as s:
+            existing = repo.get_campaign(s, cfg.name)
+            if existing is not None:
+                if existing.task != cfg.task.name:
+                    raise UserError(
+                        f"campaign {cfg.name!r} already exists in this database with task "
+                        f"{existing.task!r}, not {cfg.task.name!r}; choose another `name` in the config"
+                    )
+                existing.config = cfg.resolved()
+                existing.config_hash = cfg.config_hash()
+                requeued = repo.requeue_interrupted(s, cfg.name)
+                repo.set_campaign_status(s, cfg.name, "running", None)
+                repo.add_event(s, cfg.name, "resumed", f"resumed; {len(requeued)} interrupted evaluation(s) re-queued",
+                               {"requeued": [c.id for c in requeued]})
+                return True
+            repo.create_campaign(s, cfg.name, cfg.task.name, cfg.resolved(), cfg.config_hash())
+            ref_name = cfg.reference or getattr(task, "reference_seed", None)
+            seeds = task.seeds()
+            names = [sd.name for sd in seeds]
+            if ref_name is None:
+                ref_name = next((sd.name for sd in seeds if sd.reference), names[0] if names else None)
+            if ref_name not in names:
+                raise UserError(
+                    f"reference = {ref_name!r}: no such seed in task {task.name}; choose one of {', '.join(names)}"
+                )
+            for sd in seeds:
+                cand = repo.add_candidate(
+                    s, cfg.name, name=sd.name, code=sd.code,
+                    code_hash=normalized_code_hash(sd.code), motivation=sd.motivation,
+                    genome=dict(sd.genome) if sd.genome is not None else None, origin="seed",
+                    status="queued", is_seed=True, is_reference=(sd.name == ref_name),
+                )
+                if sd.name == ref_name:
+                    repo.set_reference_candidate(s, cfg.name, cand.id)
+            repo.add_event(s, cfg.name, "created", f"campaign created with {len(seeds)} seeds",
+                           {"config_hash": cfg.config_hash(), "reference": ref_name})
+            return False
+
+    def finish(self, status: str, reason: str) -> None:
+        with self.db.session() as s:
+            repo.set_campaign_status(s, self.campaign_id, status, reason)
+            repo.add_event(s, self.campaign_id, status, reason, {})
+
+    # ------------------------------------------------------------------ reads
+    def queued(self) -> list[QueuedCandidate]:
+        with self.db.read_session() as s:
+            return [self._queued(c) for c in repo.candidates(s, self.campaign_id, "queued")]
+
+    def queued_candidate(self, candidate_id: int) -> QueuedCandidate:
+        with self.db.read_session() as s:
+            return self._queued(repo.get_candidate(s, candidate_id))
+
+    @staticmethod
+    def _queued(c: Candidate) -> QueuedCandidate:
+        return QueuedCandidate(id=c.id, name=c.name, code=c.code, is_seed=c.is_seed, attempts=c.attempts)
+
+    def finished_candidates(self) -> list[EvaluatedCandidate]:
+        with self.db.read_session() as s:
+            rows = sorted(repo.candidates(s, self.campaign_id, FINISHED),
+                          key=lambda c: (c.updated_at, c.id))  # completion order
+            return [
+                EvaluatedCandidate(
+                    id=c.id, name=c.name, code=c.code, genome=c.genome, status=c.status,
+                    fitness=c.fitness, feasible=bool(c.feasible), is_seed=c.is_seed,
+                    metrics=_metrics_of(c), motivation=c.motivation,
+                )
+                for c in rows
+            ]
+
+    def evaluations_started(self) -> int:
+        with self.db.read_session() as s:
+            counts = repo.count_by_status(s, self.campaign_id)
+        return sum(counts.get(k, 0) for k in STARTED)
+
+    def status_counts(self) -> dict[str, int]:
+        with self.db.read_session() as s:
+            return dict(repo.count_by_status(s, self.campaign_id))
+
+    def llm_dollars(self) -> float:
+        with self.db.read_session() as s:
+            return float(repo.ledger_sum(s, self.campaign_id, "llm_dollars"))
+
+    def recent_failures(self, n: int) -> list[FailureInfo]:
+        with self.db.read_session() as s:
+            rows = repo.candidates(s, self.campaign_id, ("failed", "rejected"), limit=n, newest_first=True)
+            out = []
+            for c in rows:
+                tail = next((e.log_tail for e in reversed(c.evaluations) if not e.ok), "")
+                out.append(FailureInfo(
+                    candidate_id=c.id, name=c.name, stage=c.failure_stage or "load",
+                    failure_kind=c.failure_kind or "", message=c.failure_message or "",
+                    log_tail=tail or "", code=c.code,
+                ))
+            return out
+
+    def reference_metrics(self) -> dict[str, float] | None:
+        if self._reference is not None:
+            return self._reference
+        with self.db.read_session() as s:
+            camp = repo.get_campaign(s, self.campaign_id)
+            if camp is None or camp.reference_candidate_id is None:
+                return None
+            ref = repo.get_candidate(s, camp.reference_candidate_id)
+            if ref.status != "evaluated":
+                return None
+            self._reference = {k: float(v) for k, v in (ref.objectives or {}).items()}
+            return self._reference
+
+    def genomes(self) -> list[dict[str, Any]]:
+        """Genomes of every candidate proposed so far (the offline proposer avoids repeats)."""
+        with self.db.read_session() as s:
+            return [dict(c.genome) for c in repo.candidates(s, self.campaign_id) if c.genome]
+
+    # ------------------------------------------------------------------ novelty
+    def duplicate_of(self, code: str) -> int | None:
+        with self.db.read_session() as s:
+            hit = repo.find_candidate_by_hash(s, self.campaign_id, normalized_code_hash(code))
+            return hit.id if hit is not None else None
+
+    # ------------------------------------------------------------------ writes
+    def _add(self, s, proposal: Proposal, status: str, debug_of: int | None, debug_round: int = 0,
+             inspirations: Sequence[int] = (), **extra: Any) -> Candidate:
+        parents = list(proposal.parent_ids) if debug_of is None else [debug_of]
+        kind = "debug" if debug_of is not None else ("crossover" if len(parents) > 1 else "parent")
+        c = repo.add_candidate(
+            s, self.campaign_id, name=proposal.name[:200], code=proposal.code,
+            code_hash=normalized_code_hash(proposal.code), motivation=proposal.motivation,
+            genome=dict(proposal.genome) if proposal.genome is not None else None,
+            origin=proposal.origin, status=status, parent_ids=parents, edge_kind=kind,
+            inspiration_ids=list(inspirations), debug_round=debug_round,
+        )
+        for key, value in extra.items():
+            setattr(c, key, value)
+        s.flush()
+        return c
+
+    def add_queued(self, proposal: Proposal, debug_of: int | None = None, debug_round: int = 0) -> QueuedCandidate:
+        with self.db.session() as s:
+            c = self._add(s, proposal, "queued", debug_of, debug_round)
+            return self._queued(c)
+
+    def add_rejected(self, proposal: Proposal, kind: FailureKind, message: str, debug_of: int | None) -> int:
+        with self.db.session() as s:
+            c = self._add(s, proposal, "rejected", debug_of, failure_kind=kind.value,
+                          failure_stage="load", failure_message=message)
+            repo.add_evaluations(s, c.id, [StageResult.failure("load", kind, message, target=self._target())], attempt=1)
+            return c.id
+
+    def add_duplicate(self, proposal: Proposal, duplicate_of: int, debug_of: int | None) -> int:
+        with self.db.session() as s:
+            c = self._add(s, proposal, "duplicate", debug_of,
+                          failure_message=f"duplicate of candidate #{duplicate_of}")
+            return c.id
+
+    def record_validator_failure(self, ctx: ProposalContext, message: str, reply: str) -> int:
+        proposal = Proposal(
+            name="unparseable-reply", motivation=message, code=reply or "",
+            parent_ids=tuple(p.candidate_id for p in ctx.parents), origin="validator",
+        )
+        with self.db.session() as s:
+            c = self._add(s, proposal, "failed", None, failure_kind=FailureKind.VALIDATOR.value,
+                          failure_stage="propose", failure_message=message)
+            return c.id
+
+    def mark_running(self, candidate_id: int, attempt: int) -> None:
+        with self.db.session() as s:
+            c = repo.get_candidate(s, candidate_id)
+            c.status = "running"
+            c.attempts = attempt
+
+    def record_infra_failure(self, candidate_id: int, attempt: int, error: str, will_retry: bool) -> None:
+        with self.db.session() as s:
+            c = repo.get_candidate(s, candidate_id)
+            repo.add_evaluations(
+                s, c.id, [StageResult.failure("infra", FailureKind.INFRA, error, target=self._target())],
+                attempt=attempt,
+            )
+            if will_retry:
+                c.status = "queued"
+            else:
+                c.status = "failed"
+                c.failure_kind = FailureKind.INFRA.value
+                c.failure_stage = "infra"
+                c.failure_message = error[:4000]
+            repo.add_event(s, self.campaign_id, "infra_failure", error[:500],
+                           {"candidate": candidate_id, "attempt": attempt, "retry": will_retry})
+
+    def write_completion(
+        self, candidate_id: int, attempt: int, rung: int, results: Sequence[StageResult], *,
+        status: str, feasible: bool, objectives: Sequence[Objective], failure: StageResult | None,
+        log_tail: str, wall_s: float,
+    ) -> CompletedEvaluation:
+        """Evaluation rows + status + fitness + ledger in ONE transaction."""
+        with self.db.session() as s:
+            c = repo.get_candidate(s, candidate_id)
+            repo.add_evaluations(s, c.id, results, attempt=attempt)
+            c.status = status
+            c.feasible = feasible
+            c.rung = max(c.rung or 0, rung)
+            c.objectives = {o.name: o.value for o in objectives} or None
+            if failure is not None:
+                c.failure_kind = failure.failure_kind.value if failure.failure_kind else None
+                c.failure_stage = failure.stage
+                c.failure_message = failure.message[:4000]
+            if c.is_reference and status == "evaluated":
+                self._reference = dict(c.objectives or {})
+            c.fitness = self._fitness(objectives) if status == "evaluated" else None
+            repo.add_ledger_entry(s, self.campaign_id, "evaluation", 1.0, candidate_id=c.id)
+            repo.add_ledger_entry(s, self.campaign_id, "wall_seconds", wall_s, candidate_id=c.id)
+            if self.cfg.targets[0].device == "cuda":
+                repo.add_ledger_entry(s, self.campaign_id, "gpu_seconds", wall_s, candidate_id=c.id)
+            s.flush()
+            metrics: dict[str, float] = {}
+            for r in results:
+                metrics.update(r.metrics)
+            return CompletedEvaluation(
+                candidate_id=c.id, name=c.name, status=status, feasible=feasible, fitness=c.fitness,
+                metrics=metrics, objectives=dict(c.objectives or {}), failure_kind=c.failure_kind,
+                failure_stage=c.failure_stage, failure_message=c.failure_message, wall_s=wall_s,
+                is_seed=c.is_seed, is_reference=c.is_reference, code=c.code, genome=c.genome,
+                motivation=c.motivation, parent_ids=tuple(p.id for p in repo.parents_of(s, c.id, ("parent", "crossover"))),
+            )
+
+    def _fitness(self, objectives: Sequence[Objective]) -> float | None:
+        ref = self.reference_metrics()
+        if ref is None:
+            return None
+        f = self.cfg.fitness
+        return fitness_of(objectives, ref, f.weights, f.default_weight, f.scale)
+
+    def recompute_fitness(self) -> bool:
+        """Recompute every evaluated candidate's fitness (after the reference is measured)."""
+        if self.reference_metrics() is None:
+            return False
+        with self.db.session() as s:
+            for c in repo.candidates(s, self.campaign_id, "evaluated"):
+                c.fitness = self._fitness(self.task.objectives(_metrics_of(c)))
+        return True
+
+    def _target(self) -> str:
+        return self.cfg.targets[0].name
+

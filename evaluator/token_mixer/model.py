@@ -1,0 +1,226 @@
+"""A small language model around a candidate token mixer, plus the training helpers shared by
+the MQAR and LM proxy stages.
+
+The model is the fixed frame every candidate is judged in, so differences in the proxies come
+from the mixer alone:
+
+    embedding (+ optional learned absolute positions)
+    -> n_layers x [RMSNorm -> mixer -> residual, RMSNorm -> MLP (SwiGLU or GELU) -> residual]
+    -> RMSNorm -> head (tied to the embedding by default)
+
+The mixer is built by ``make_mixer(hidden_size, num_heads)`` (a candidate's ``Mixer`` class is
+passed as ``make_mixer``). Its own initialisation is left untouched.
+
+Precision rule (used by every stage in this package): parameters and optimizer state stay in
+float32 and a reduced precision is applied with ``torch.autocast`` (mixed precision). A
+candidate therefore sees bf16 / fp16 activations from autocast-eligible ops (linear, matmul,
+SDPA) but its parameters remain fp32; this is how such models are trained in practice, and it
+keeps AdamW stable at the tiny sizes of the proxies.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+MixerFactory = Callable[[int, int], nn.Module]
+
+_DTYPES: dict[str, torch.dtype] = {
+    "float32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "float16": torch.float16,
+}
+
+
+def resolve_dtype(dtype: torch.dtype | str) -> torch.dtype:
+    """Accept a ``torch.dtype`` or a Precision name ("float32", "bfloat16", "float16")."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype not in _DTYPES:
+        raise ValueError(f"dtype {dtype!r} is not one of {', '.join(_DTYPES)}")
+    return _DTYPES[dtype]
+
+
+def autocast_context(device: torch.device, dtype: torch.dtype) -> contextlib.AbstractContextManager:
+    """Mixed precision for ``dtype`` on ``device``; a no-op context for float32."""
+    if dtype == torch.float32:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+@contextlib.contextmanager
+def seeded(seed: int, device: torch.device) -> Iterator[None]:
+    """Seed torch's global RNGs for the block (mixer init uses them) without leaking the change
+    to the caller."""
+    devices = [device.index or 0] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        yield
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    vocab_size: int
+    d_model: int
+    n_layers: int
+    num_heads: int
+    max_seq_len: int
+    mlp: Literal["swiglu", "gelu"] = "swiglu"
+    mlp_ratio: float = 4.0  # GELU hidden = ratio * d; SwiGLU hidden = 2/3 of that (same params)
+    pos_emb: Literal["none", "learned"] = "learned"
+    # x_t += W x_{t-1} after the embedding: a fixed, causal local mix in the frame (see MixerLM)
+    token_shift: bool = False
+    tie_embeddings: bool = True
+
+
+class SwiGLU(nn.Module):
+    def __init__(self, d_model: int, hidden: int):
+        super().__init__()
+        self.gate_up = nn.Linear(d_model, 2 * hidden, bias=False)
+        self.down = nn.Linear(hidden, d_model, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gate, up = self.gate_up(x).chunk(2, dim=-1)
+        return self.down(F.silu(gate) * up)
+
+
+class GELUMLP(nn.Module):
+    def __init__(self, d_model: int, hidden: int):
+        super().__init__()
+        self.up = nn.Linear(d_model, hidden, bias=False)
+        self.down = nn.Linear(hidden, d_model, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down(F.gelu(self.up(x)))
+
+
+def _mlp(config: ModelConfig) -> nn.Module:
+    hidden = int(config.mlp_ratio * config.d_model)
+    if config.mlp == "swiglu":
+        return SwiGLU(config.d_model, max(8, 8 * round(2 * hidden / 3 / 8)))
+    return GELUMLP(config.d_model, hidden)
+
+
+class Block(nn.Module):
+    def __init__(self, config: ModelConfig, make_mixer: MixerFactory):
+        super().__init__()
+        self.norm1 = nn.RMSNorm(config.d_model)
+        self.mixer = make_mixer(config.d_model, config.num_heads)
+        self.norm2 = nn.RMSNorm(config.d_model)
+        self.mlp = _mlp(config)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.mixer(self.norm1(x))
+        if y.shape != x.shape:
+            raise RuntimeError(f"mixer returned shape {tuple(y.shape)} for input {tuple(x.shape)}")
+        x = x + y
+        return x + self.mlp(self.norm2(x))
+
+
+class MixerLM(nn.Module):
+    """Decoder-only LM whose token mixer is the candidate.
+
+    ``hidden(ids)`` returns the final-normed states (B, T, D); ``logits(h)`` applies the head to
+    any (..., D) tensor, so stages that score a few positions (MQAR) project only those.
+    """
+
+    def __init__(self, config: ModelConfig, make_mixer: MixerFactory):
+        super().__init__()
+        self.config = config
+        self.embed = nn.Embedding(config.vocab_size, config.d_model)
+        self.pos = (
+            nn.Embedding(config.max_seq_len, config.d_model) if config.pos_emb == "learned" else None
+        )
+        self.shift = (
+            nn.Linear(config.d_model, config.d_model, bias=False) if config.token_shift else None
+        )
+        self.blocks = nn.ModuleList(Block(config, make_mixer) for _ in range(config.n_layers))
+        self.norm = nn.RMSNorm(config.d_model)
+        self.head = (
+            None if config.tie_embeddings
+            else nn.Linear(config.d_model, config.vocab_size, bias=False)
+        )
+        nn.init.normal_(self.embed.weight, std=0.02)
+        if self.pos is not None:
+            nn.init.normal_(self.pos.weight, std=0.02)
+        if self.head is not None:
+            nn.init.normal_(self.head.weight, std=0.02)
+        if self.shift is not None:
+            nn.init.normal_(self.shift.weight, std=config.d_model ** -0.5)
+
+    def hidden(self, ids: torch.Tensor) -> torch.Tensor:
+        x = self.embed(ids)
+        if self.pos is not None:
+            seq_len = ids.shape[1]
+            if seq_len > self.config.max_seq_len:
+                raise ValueError(f"sequence length {seq_len} > max_seq_len {self.config.max_seq_len}")
+            x = x + self.pos.weight[:seq_len]
+        if self.shift is not None:
+            x = x + self.shift(F.pad(x[:, :-1], (0, 0, 1, 0)))
+        for block in self.blocks:
+            x = block(x)
+        return self.norm(x)
+
+    def logits(self, h: torch.Tensor) -> torch.Tensor:
+        weight = self.embed.weight if self.head is None else self.head.weight
+        return F.linear(h, weight)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.logits(self.hidden(ids))
+
+    def mixer_parameters(self) -> int:
+        return sum(p.numel() for b in self.blocks for p in b.mixer.parameters())
+
+
+def build_optimizer(
+    model: nn.Module, lr: float, weight_decay: float, betas: tuple[float, float],
+    device: torch.device,
+) -> torch.optim.AdamW:
+    """AdamW with decay on matrices only (not norms, biases, gains, embeddings' positions).
+
+    The fused CUDA implementation is used on GPU: one kernel for the whole update, which keeps
+    the loop's per-step launch overhead small.
+    """
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        (decay if p.ndim >= 2 and not name.startswith("pos.") else no_decay).append(p)
+    groups = [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+    kwargs: dict[str, object] = {"fused": True} if device.type == "cuda" else {"foreach": True}
+    return torch.optim.AdamW(groups, lr=lr, betas=betas, **kwargs)
+
+
+def warmup_cosine(steps: int, warmup_frac: float, min_ratio: float) -> Callable[[int], float]:
+    """LR multiplier: linear warm-up over ``warmup_frac`` of the steps, cosine to ``min_ratio``."""
+    warmup = max(1, int(round(warmup_frac * steps)))
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = min(1.0, (step - warmup) / max(1, steps - warmup))
+        return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    return factor
+
+
+def make_grad_scaler(device: torch.device, dtype: torch.dtype) -> torch.amp.GradScaler | None:
+    """float16 needs loss scaling; bfloat16 and float32 do not."""
+    if dtype == torch.float16:
+        return torch.amp.GradScaler(device.type)
+    return None
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)

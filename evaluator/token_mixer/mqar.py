@@ -1,0 +1,397 @@
+"""Multi-query associative recall (MQAR): the recall proxy of the token-mixer task.
+
+The data follow Zoology (Arora, Eyuboglu et al., 2023, "Zoology: Measuring and improving recall
+in efficient language models"): each sequence starts with ``num_kv_pairs`` key-value pairs,
+keys drawn without replacement from the lower half of the vocabulary (ids 1 .. V/2-1) and
+values from the upper half (V/2 .. V-1); every key is queried once later in the sequence, at
+even offsets after the pairs whose gaps follow a power law (weight of gap i proportional to
+i^(a-1), a = 0.01, sampled without replacement); every other position holds a random token.
+The label at a query position is the value bound to that key; every other label is -100.
+Only query positions are scored, and accuracy is the fraction of query positions whose argmax
+prediction is exactly the value.
+
+Training: the :class:`~evaluator.token_mixer.model.MixerLM` frame around the candidate, AdamW
+with linear warm-up and cosine decay, for each (seq_len, num_kv_pairs) setting and each
+learning rate of a small sweep; the best learning rate per setting is kept (linear mixers are
+very sensitive to it). Data are deterministic per seed (CPU generator, then moved to the
+device), model initialisation is identical across the sweep, and the training loop keeps the
+device busy: no host synchronisation except every ``check_every`` steps, where the loss is
+checked for non-finite values and the step time of the window is recorded.
+
+Presets: ``MQAROptions()`` is the tiny rung-0 CPU setting, ``MQAROptions.rung1()`` the GPU
+setting, ``MQAROptions.cpu_fallback()`` a reduced rung-1 for machines without a GPU (reported
+as ``mqar_reduced=1``).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import statistics
+import time
+import zlib
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from torch.nn import functional as F
+
+from evaluator.token_mixer.model import (
+    MixerFactory, MixerLM, ModelConfig, autocast_context, build_optimizer, make_grad_scaler,
+    seeded, synchronize, warmup_cosine,
+)
+from evaluator.types import FailureKind, StageFailure
+
+IGNORE_INDEX = -100
+log = logging.getLogger(__name__)
+
+
+class MQARSetting(BaseModel):
+    """One (sequence length, number of key-value pairs) point. TOML may write ``[256, 16]``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    seq_len: int = Field(gt=0)
+    num_kv_pairs: int = Field(gt=0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_pair(cls, value: Any) -> Any:
+        if isinstance(value, (list, tuple)) and len(value) == 2:
+            return {"seq_len": value[0], "num_kv_pairs": value[1]}
+        return value
+
+    @property
+    def tag(self) -> str:
+        return f"T{self.seq_len}_kv{self.num_kv_pairs}"
+
+
+class MQAROptions(BaseModel):
+    """Everything the MQAR stage needs. The defaults are the rung-0 CPU setting: about 5 s per
+    candidate on one CPU thread, LR sweep included (measured; see the tests)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    settings: tuple[MQARSetting, ...] = (MQARSetting(seq_len=64, num_kv_pairs=8),)
+    vocab_size: int = Field(default=256, gt=4)
+    power_a: float = Field(default=0.01, gt=0.0, le=1.0)
+    random_non_queries: bool = True
+    # model frame
+    d_model: int = Field(default=64, gt=0)
+    n_layers: int = Field(default=2, gt=0)
+    num_heads: int = Field(default=2, gt=0)
+    mlp: str = Field(default="swiglu", pattern="^(swiglu|gelu)$")
+    mlp_ratio: float = Field(default=4.0, gt=0.0)
+    pos_emb: str = Field(default="learned", pattern="^(none|learned)$")
+    token_shift: bool = True
+    # optimisation
+    batch_size: int = Field(default=32, gt=0)
+    steps: int = Field(default=300, gt=0)
+    lrs: tuple[float, ...] = (3e-3, 1e-2)
+    weight_decay: float = Field(default=0.1, ge=0.0)
+    betas: tuple[float, float] = (0.9, 0.98)
+    warmup_frac: float = Field(default=0.1, ge=0.0, lt=1.0)
+    min_lr_ratio: float = Field(default=0.1, ge=0.0, le=1.0)
+    grad_clip: float | None = 1.0
+    # data: None = fresh examples for every step (steps * batch_size of them)
+    train_examples: int | None = Field(default=None, gt=0)
+    eval_batches: int = Field(default=16, gt=0)
+    # loop control
+    check_every: int = Field(default=25, gt=0)  # host sync / NaN check / timing window
+    early_stop_acc: float | None = 0.995  # stop a run once a window's train accuracy reaches it
+    stop_sweep_at: float | None = 0.99  # skip the remaining LRs once a run's eval accuracy does
+    reduced: bool = False  # set by cpu_fallback(): reported as mqar_reduced=1
+
+    @model_validator(mode="after")
+    def _check(self) -> MQAROptions:
+        if not self.settings:
+            raise ValueError("settings: at least one (seq_len, num_kv_pairs) setting is needed")
+        if not self.lrs or any(lr <= 0 for lr in self.lrs):
+            raise ValueError(f"lrs: need at least one positive learning rate, got {self.lrs}")
+        for s in self.settings:
+            if s.seq_len % 2:
+                raise ValueError(f"settings: seq_len must be even, got {s.seq_len}")
+            if 4 * s.num_kv_pairs > s.seq_len:
+                raise ValueError(
+                    f"settings: {s.num_kv_pairs} pairs need seq_len >= {4 * s.num_kv_pairs}, got {s.seq_len}"
+                )
+            if self.vocab_size <= s.seq_len:  # as Zoology asserts
+                raise ValueError(f"vocab_size {self.vocab_size} must exceed seq_len {s.seq_len}")
+            if s.num_kv_pairs > self.vocab_size // 2 - 1:
+                raise ValueError(f"vocab_size {self.vocab_size} too small for {s.num_kv_pairs} distinct keys")
+        return self
+
+    @classmethod
+    def rung1(cls, **overrides: Any) -> MQAROptions:
+        """The GPU setting of rung 1: Zoology-scale vocabulary, d_model 128, three settings up to
+        seq_len 256 with 16 pairs, a three-point LR sweep, thousands of steps at batch 256."""
+        base: dict[str, Any] = dict(
+            settings=((64, 4), (128, 8), (256, 16)), vocab_size=8192, d_model=128, n_layers=2,
+            num_heads=2, batch_size=256, steps=3000, lrs=(1e-3, 3e-3, 1e-2),
+            train_examples=100_000, eval_batches=12, check_every=100,
+        )
+        return cls(**{**base, **overrides})
+
+    @classmethod
+    def cpu_fallback(cls, **overrides: Any) -> MQAROptions:
+        """Rung 1 reduced for a CPU: same settings, smaller vocabulary/model/batch, fewer steps."""
+        base: dict[str, Any] = dict(
+            settings=((64, 4), (128, 8), (256, 16)), vocab_size=512, d_model=64, n_layers=2,
+            num_heads=2, batch_size=32, steps=800, lrs=(3e-3, 1e-2), eval_batches=16,
+            check_every=50, reduced=True,
+        )
+        return cls(**{**base, **overrides})
+
+    def model_config_for(self) -> ModelConfig:
+        return ModelConfig(
+            vocab_size=self.vocab_size, d_model=self.d_model, n_layers=self.n_layers,
+            num_heads=self.num_heads, max_seq_len=max(s.seq_len for s in self.settings),
+            mlp=self.mlp,  # type: ignore[arg-type]
+            mlp_ratio=self.mlp_ratio,
+            pos_emb=self.pos_emb,  # type: ignore[arg-type]
+            token_shift=self.token_shift,
+        )
+
+
+# ----------------------------------------------------------------------------------- data
+
+
+@dataclass(frozen=True)
+class MQARData:
+    """``inputs``/``labels`` (N, T) as Zoology defines them, plus the K query positions and the
+    values expected there (N, K), which the training loop uses to score only those positions."""
+
+    inputs: torch.Tensor
+    labels: torch.Tensor
+    query_pos: torch.Tensor
+    query_val: torch.Tensor
+
+    def to(self, device: torch.device) -> MQARData:
+        return MQARData(*(t.to(device) for t in (self.inputs, self.labels, self.query_pos, self.query_val)))
+
+
+def _distinct_ints(n: int, k: int, low: int, high: int, gen: torch.Generator) -> torch.Tensor:
+    """(n, k) integers in [low, high), distinct within a row, uniformly random in order."""
+    m = high - low
+    if k > m:
+        raise ValueError(f"cannot draw {k} distinct values from {m}")
+    if m <= 4 * k:  # dense: random scores, top-k is a uniformly random ordered k-subset
+        return torch.rand(n, m, generator=gen).topk(k, dim=1).indices + low
+    out = torch.randint(low, high, (n, k), generator=gen)
+    while True:  # sparse: redraw rows with a repeat (uniform over distinct ordered tuples)
+        s = out.sort(dim=1).values
+        bad = (s[:, 1:] == s[:, :-1]).any(dim=1)
+        n_bad = int(bad.sum())
+        if n_bad == 0:
+            return out
+        out[bad] = torch.randint(low, high, (n_bad, k), generator=gen)
+
+
+def generate_mqar(
+    num_examples: int, seq_len: int, num_kv_pairs: int, vocab_size: int, seed: int,
+    power_a: float = 0.01, random_non_queries: bool = True,
+) -> MQARData:
+    """Generate ``num_examples`` MQAR sequences on the CPU, deterministically from ``seed``."""
+    n, t, k, v = num_examples, seq_len, num_kv_pairs, vocab_size
+    if t % 2 or 4 * k > t or v <= t or k > v // 2 - 1:
+        raise ValueError(f"invalid MQAR shape: seq_len={t}, num_kv_pairs={k}, vocab_size={v}")
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    half = v // 2
+    keys = _distinct_ints(n, k, 1, half, gen)
+    values = _distinct_ints(n, k, half, v, gen)
+    context = 2 * k
+    space = (t - context) // 2  # query slots: even offsets after the key-value pairs
+    # Power-law gaps sampled without replacement: Gumbel top-k draws k slots with the same law
+    # as k successive weighted draws without replacement (what numpy's choice(replace=False) does).
+    log_w = (power_a - 1.0) * torch.log(torch.arange(1, space + 1, dtype=torch.float64))
+    u = torch.rand(n, space, generator=gen, dtype=torch.float64).clamp_(min=1e-300)
+    gaps = (log_w - torch.log(-torch.log(u))).topk(k, dim=1).indices
+    query_pos = context + 2 * gaps
+
+    inputs = torch.zeros(n, t, dtype=torch.long)
+    inputs[:, 0:context:2] = keys
+    inputs[:, 1:context:2] = values
+    inputs.scatter_(1, query_pos, keys)
+    labels = torch.full((n, t), IGNORE_INDEX, dtype=torch.long)
+    labels.scatter_(1, query_pos, values)
+    if random_non_queries:
+        filler = torch.ones(n, t, dtype=torch.bool)
+        filler[:, :context] = False
+        filler.scatter_(1, query_pos, False)
+        noise = torch.randint(0, v, (n, t), generator=gen)
+        inputs = torch.where(filler, noise, inputs)
+    order = query_pos.argsort(dim=1)  # queries in sequence order (cosmetic; scoring ignores order)
+    query_pos = query_pos.gather(1, order)
+    return MQARData(inputs, labels, query_pos, labels.gather(1, query_pos))
+
+
+def _data_seed(seed: int, setting: MQARSetting, split: str) -> int:
+    return zlib.crc32(f"mqar:{seed}:{setting.seq_len}:{setting.num_kv_pairs}:{split}".encode())
+
+
+# ----------------------------------------------------------------------------------- training
+
+
+@dataclass(frozen=True)
+class RunResult:
+    lr: float
+    accuracy: float  # nan when the run went non-finite
+    finite: bool
+    steps: int
+    wall_s: float
+    window_step_ms: tuple[float, ...]
+
+
+def _query_logits(model: MixerLM, x: torch.Tensor, qpos: torch.Tensor) -> torch.Tensor:
+    h = model.hidden(x)
+    hq = h.gather(1, qpos.unsqueeze(-1).expand(-1, -1, h.shape[-1]))
+    return model.logits(hq).float()
+
+
+def evaluate(
+    model: MixerLM, data: MQARData, batch_size: int, device: torch.device, dtype: torch.dtype,
+) -> tuple[float, float]:
+    """(accuracy over query positions, mean query loss) of ``model`` on ``data`` (on device)."""
+    model.eval()
+    correct = torch.zeros((), device=device, dtype=torch.long)
+    loss_sum = torch.zeros((), device=device)
+    with torch.no_grad(), autocast_context(device, dtype):
+        for i in range(0, data.inputs.shape[0], batch_size):
+            qv = data.query_val[i:i + batch_size]
+            logits = _query_logits(model, data.inputs[i:i + batch_size], data.query_pos[i:i + batch_size])
+            correct += (logits.argmax(-1) == qv).sum()
+            loss_sum += F.cross_entropy(logits.flatten(0, 1), qv.flatten(), reduction="sum")
+    model.train()
+    total = data.query_val.numel()
+    return correct.item() / total, loss_sum.item() / total
+
+
+def train_run(
+    make_mixer: MixerFactory, options: MQAROptions, train: MQARData, test: MQARData, lr: float,
+    device: torch.device, dtype: torch.dtype, seed: int,
+) -> RunResult:
+    """Train one model at one learning rate on ``train`` (on device), score it on ``test``."""
+    t0 = time.perf_counter()
+    with seeded(seed, device):
+        model = MixerLM(options.model_config_for(), make_mixer).to(device)
+    opt = build_optimizer(model, lr, options.weight_decay, options.betas, device)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, warmup_cosine(options.steps, options.warmup_frac, options.min_lr_ratio)
+    )
+    scaler = make_grad_scaler(device, dtype)
+    b, k = options.batch_size, train.query_pos.shape[1]
+    n = train.inputs.shape[0]
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    order = torch.cat([torch.randperm(n, generator=gen) for _ in range(math.ceil(options.steps * b / n))])
+    order = order[: options.steps * b].view(options.steps, b).to(device)
+    params = [p for p in model.parameters() if p.requires_grad]
+
+    loss_acc = torch.zeros((), device=device)
+    correct_acc = torch.zeros((), device=device, dtype=torch.long)
+    windows: list[float] = []
+    synchronize(device)
+    win_t, win_steps, step = time.perf_counter(), 0, 0
+    while step < options.steps:
+        idx = order[step]
+        qv = train.query_val[idx]
+        with autocast_context(device, dtype):
+            logits = _query_logits(model, train.inputs[idx], train.query_pos[idx])
+        loss = F.cross_entropy(logits.flatten(0, 1), qv.flatten())
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.unscale_(opt)
+        else:
+            loss.backward()
+        if options.grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_(params, options.grad_clip)
+        if scaler is not None:
+            scaler.step(opt)
+            scaler.update()
+        else:
+            opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+        loss_acc += loss.detach()
+        correct_acc += (logits.detach().argmax(-1) == qv).sum()
+        step += 1
+        win_steps += 1
+        if win_steps == options.check_every or step == options.steps:
+            loss_sum = loss_acc.item()  # the one host sync of the window
+            now = time.perf_counter()
+            windows.append(1000.0 * (now - win_t) / win_steps)
+            if not math.isfinite(loss_sum):
+                return RunResult(lr, math.nan, False, step, time.perf_counter() - t0, tuple(windows))
+            train_acc = correct_acc.item() / (win_steps * b * k)
+            log.debug("mqar lr=%g step=%d loss=%.4f train_acc=%.4f step_ms=%.2f",
+                      lr, step, loss_sum / win_steps, train_acc, windows[-1])
+            if options.early_stop_acc is not None and train_acc >= options.early_stop_acc:
+                break
+            loss_acc.zero_()
+            correct_acc.zero_()
+            win_t, win_steps = time.perf_counter(), 0
+    acc, test_loss = evaluate(model, test, b, device, dtype)
+    finite = math.isfinite(test_loss)
+    return RunResult(
+        lr, acc if finite else math.nan, finite, step, time.perf_counter() - t0, tuple(windows)
+    )
+
+
+def build_data(
+    options: MQAROptions, setting: MQARSetting, seed: int, device: torch.device,
+) -> tuple[MQARData, MQARData]:
+    """Train and test sets of one setting, on ``device``; the test set has its own seed."""
+    n_train = options.train_examples or options.steps * options.batch_size
+    n_test = options.eval_batches * options.batch_size
+    common = dict(
+        seq_len=setting.seq_len, num_kv_pairs=setting.num_kv_pairs, vocab_size=options.vocab_size,
+        power_a=options.power_a, random_non_queries=options.random_non_queries,
+    )
+    train = generate_mqar(n_train, seed=_data_seed(seed, setting, "train"), **common)
+    test = generate_mqar(n_test, seed=_data_seed(seed, setting, "test"), **common)
+    return train.to(device), test.to(device)
+
+
+def run_mqar(
+    make_mixer: MixerFactory, options: MQAROptions, device: torch.device, dtype: torch.dtype,
+    seed: int,
+) -> dict[str, float]:
+    """Train on every setting with every learning rate (stopping a sweep early once one run
+    reaches ``stop_sweep_at``) and report the best accuracy per setting and their mean.
+
+    Raises ``StageFailure(NAN)`` when every learning rate of a setting went non-finite.
+    """
+    t0 = time.perf_counter()
+    metrics: dict[str, float] = {"mqar_reduced": float(options.reduced)}
+    best_accs: list[float] = []
+    windows: list[float] = []
+    total_steps = nonfinite = 0
+    for setting in options.settings:
+        train, test = build_data(options, setting, seed, device)
+        best: RunResult | None = None
+        for lr in options.lrs:
+            run = train_run(make_mixer, options, train, test, lr, device, dtype, seed)
+            total_steps += run.steps
+            windows.extend(run.window_step_ms)
+            if not run.finite:
+                nonfinite += 1
+                continue
+            if best is None or run.accuracy > best.accuracy:
+                best = run
+            if options.stop_sweep_at is not None and run.accuracy >= options.stop_sweep_at:
+                break
+        if best is None:
+            raise StageFailure(
+                FailureKind.NAN,
+                f"MQAR {setting.tag}: loss went non-finite at every learning rate {list(options.lrs)}",
+                metrics={**metrics, "mqar_steps": float(total_steps)},
+            )
+        metrics[f"mqar_acc_{setting.tag}"] = best.accuracy
+        metrics[f"mqar_best_lr_{setting.tag}"] = best.lr
+        best_accs.append(best.accuracy)
+    metrics["mqar_acc"] = sum(best_accs) / len(best_accs)
+    metrics["mqar_steps"] = float(total_steps)
+    metrics["mqar_nonfinite_runs"] = float(nonfinite)
+    metrics["mqar_step_ms"] = statistics.median(windows)
+    metrics["mqar_train_s"] = time.perf_counter() - t0
+    return metrics
