@@ -28,6 +28,7 @@ import asyncio
 import contextlib
 import contextvars
 import hashlib
+import ipaddress
 import json
 import logging
 import threading
@@ -264,7 +265,12 @@ def is_loopback(api_base: str | None) -> bool:
     if not api_base:
         return False
     host = (urlparse(api_base if "//" in api_base else f"//{api_base}").hostname or "").lower()
-    return host in {"localhost", "::1"} or host.startswith("127.")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a DNS name such as "127.0.0.1.example.com" is not loopback
+        return False
 
 
 def real_calls_blocked() -> bool:
@@ -282,7 +288,7 @@ def guard_real_call(endpoint: Endpoint, *, mocked: bool) -> None:
     )
 
 
-def _missing_keys(model: str, api_base: str | None) -> tuple[str, list[str]]:
+def _missing_keys(model: str, api_base: str | None) -> list[str]:
     lit = _litellm()
     _, provider, _, _ = lit.get_llm_provider(model, api_base=api_base)
     report = lit.validate_environment(model=model, api_base=api_base)
@@ -292,13 +298,13 @@ def _missing_keys(model: str, api_base: str | None) -> tuple[str, list[str]]:
         missing = [k for k in missing if not (k.endswith("_API_BASE") or k.endswith("_BASE_URL"))]
     if api_base and provider in OPENAI_COMPATIBLE:
         missing = []  # a user-run OpenAI-compatible server; a placeholder key is sent
-    return provider, missing
+    return missing
 
 
 def check_credentials(model: str, api_base: str | None = None) -> str | None:
     """None when ``model`` can be called, else one line saying what to set."""
     try:
-        _, missing = _missing_keys(model, api_base)
+        missing = _missing_keys(model, api_base)
     except Exception as exc:  # litellm raises for model strings without a known provider
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         return (
@@ -493,16 +499,18 @@ class LiteLLM:
             self.store.put(key, reply)
 
     def _needs_placeholder_key(self, endpoint: Endpoint) -> bool:
+        """An OpenAI-compatible server at an explicit api_base, with no key in the environment."""
         if endpoint.api_base is None:
             return False
         if endpoint not in self._placeholder_key:
             try:
-                provider, _ = _missing_keys(endpoint.model, endpoint.api_base)
-                raw = _litellm().validate_environment(model=endpoint.model, api_base=endpoint.api_base)
-                key_missing = any(k.endswith("_KEY") for k in raw.get("missing_keys", []))
-                self._placeholder_key[endpoint] = provider in OPENAI_COMPATIBLE and key_missing
+                lit = _litellm()
+                provider = lit.get_llm_provider(endpoint.model, api_base=endpoint.api_base)[1]
+                missing = lit.validate_environment(model=endpoint.model, api_base=endpoint.api_base)["missing_keys"]
+                needed = provider in OPENAI_COMPATIBLE and any(str(k).endswith("_KEY") for k in missing)
             except Exception:
-                self._placeholder_key[endpoint] = False
+                needed = False
+            self._placeholder_key[endpoint] = needed
         return self._placeholder_key[endpoint]
 
     async def _transport(self, endpoint: Endpoint, request: LLMRequest, timeout: float) -> Any:

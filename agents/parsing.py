@@ -25,19 +25,18 @@ import hashlib
 import json
 import re
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError
 
 from agents.types import ProposalError
-
-T = TypeVar("T")
 
 MAX_NAME_CHARS = 120
 MAX_MOTIVATION_CHARS = 4000
 PYTHON_LABELS = frozenset({"", "python", "py", "python3", "py3", "pytorch", "torch"})
 
 _FENCE = re.compile(r"^\s*(?P<fence>`{3,}|~{3,})\s*(?P<label>[\w+.\-]*)[^`]*$")
+_BLOCK_MARK = "\x00<code block>\x00"
 _SEARCH = re.compile(r"^\s*<{5,9}\s*SEARCH\s*$")
 _DIVIDER = re.compile(r"^\s*={5,9}\s*$")
 _REPLACE = re.compile(r"^\s*>{5,9}\s*REPLACE\s*$")
@@ -103,6 +102,7 @@ def split_fences(text: str) -> tuple[list[CodeBlock], list[str]]:
             body.append(lines[i])
             i += 1
         blocks.append(CodeBlock(label, "\n".join(body), closed))
+        prose.append(_BLOCK_MARK)  # where a block was: a motivation paragraph ends there
     return blocks, prose
 
 
@@ -187,7 +187,7 @@ def _find_motivation(prose: list[str]) -> str:
             continue
         parts = [match.group("value").strip()]
         for follow in prose[index + 1 :]:
-            if _NEXT_FIELD.match(follow) or _SEARCH.match(follow):
+            if follow == _BLOCK_MARK or _NEXT_FIELD.match(follow) or _SEARCH.match(follow):
                 break
             parts.append(follow.strip())
         text = "\n".join(parts).strip().strip("*_ ").strip()

@@ -52,7 +52,7 @@ def _fmt(value: Any) -> str:
     if isinstance(value, float):
         if math.isnan(value) or math.isinf(value):
             return str(value)
-        return f"{value:.4g}"
+        return f"{value:.0f}" if 1e3 <= abs(value) < 1e15 else f"{value:.4g}"
     return str(value)
 
 
@@ -77,10 +77,10 @@ def template_hash(name: str) -> str:
     return hashlib.sha256(source.encode("utf-8")).hexdigest()
 
 
-def render(name: str, **variables: Any) -> RenderedPrompt:
+def render(template: str, /, **variables: Any) -> RenderedPrompt:
     """Render any template strictly; prefer the typed functions below."""
-    text = environment().get_template(name).render(**variables)
-    return RenderedPrompt(text, name, template_hash(name))
+    text = environment().get_template(template).render(**variables)
+    return RenderedPrompt(text, template, template_hash(template))
 
 
 def head(text: str, limit: int) -> str:

@@ -75,3 +75,7 @@ class Proposer(Protocol):
     name: str
 
     async def propose(self, ctx: ProposalContext) -> Proposal: ...
+
+
+class BudgetExhausted(Exception):
+    """Raised (e.g. before an LLM call) when a campaign budget is spent: the loop stops cleanly."""

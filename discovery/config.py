@@ -60,6 +60,8 @@ class ProposerConfig(_Strict):
     analyst: bool = True  # write an insight after each evaluation (llm only)
     validator_retries: int = Field(1, ge=0, le=5)  # re-asks on an unparseable reply
     knowledge_top_k: int = Field(5, ge=0, le=50)
+    # Free-form (LLM) code at least this similar to an evaluated candidate is a near-duplicate.
+    max_similarity: float = Field(0.97, gt=0.0, le=1.0)
     load_builtin_knowledge: bool = True
 
 
@@ -109,8 +111,12 @@ class SandboxConfig(_Strict):
 
 
 class FitnessConfig(_Strict):
-    # Weight per objective name; objectives not named get `default_weight`.
-    weights: dict[str, float] = Field(default_factory=dict)
+    # Weight per objective name; objectives not named get `default_weight`. The defaults put
+    # quality (recall, LM loss) ahead of speed and size for the token-mixer task; names a task
+    # does not report are ignored.
+    weights: dict[str, float] = Field(default_factory=lambda: {
+        "mqar_acc": 2.0, "lm_val_loss": 2.0, "train_tokens_per_s": 1.0, "params": 0.5,
+    })
     default_weight: float = Field(1.0, ge=0.0)
     # Steepness of the sigmoid applied to the relative improvement over the reference.
     scale: float = Field(4.0, gt=0.0)

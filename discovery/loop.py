@@ -19,7 +19,7 @@ from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from agents.types import FailureInfo, Proposal, ProposalContext, ProposalError, Proposer
+from agents.types import BudgetExhausted, FailureInfo, Proposal, ProposalError, Proposer
 from discovery.config import CampaignConfig
 from discovery.hooks import CampaignHooks, NullHooks
 from discovery.policies import ArchiveView, EvaluatedCandidate, Policy
@@ -75,6 +75,7 @@ class CampaignLoop:
         self._t0 = time.monotonic()
         self._stop_reason: str | None = None
         self._background: set[asyncio.Task[Any]] = set()
+        self._exhausted: str | None = None  # a budget an agent found spent (BudgetExhausted)
 
     # ------------------------------------------------------------------ set-up / resume
     def _start(self) -> None:
@@ -104,6 +105,8 @@ class CampaignLoop:
     def _hard_stop(self) -> str | None:
         """Reasons to stop starting any new evaluation (queued ones wait for a resume)."""
         b = self.cfg.budget
+        if self._exhausted is not None:
+            return self._exhausted
         if time.monotonic() - self._t0 > b.max_wall_minutes * 60:
             return f"max_wall_minutes reached ({b.max_wall_minutes:g})"
         if b.max_llm_dollars is not None and self.store.llm_dollars() >= b.max_llm_dollars:
@@ -112,13 +115,17 @@ class CampaignLoop:
             return f"proposer produced {MAX_CONSECUTIVE_REJECTIONS} rejected or duplicate programs in a row"
         return self.hooks.extra_stop_reason(self)
 
-    def _evaluations_left(self, pending: int = 0) -> int:
+    def evaluations_left(self, pending: int = 0) -> int:
         started = self.store.evaluations_started()
         return self.cfg.budget.max_evaluations - started - len(self._queue) - pending
 
     def _slots_for_new_proposals(self, pending: int) -> int:
         free = self.cfg.runner.max_in_flight - self.runner.in_flight - len(self._queue) - pending
-        return max(0, min(self._evaluations_left(pending), free))
+        return max(0, min(self.evaluations_left(pending), free))
+
+    def note_exhausted(self, reason: str) -> None:
+        """An agent found a budget spent (e.g. LLM dollars): stop starting new work."""
+        self._exhausted = self._exhausted or reason
 
     def spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
         """Run background work (analyst, debugger) that the loop waits for before finishing."""
@@ -128,7 +135,7 @@ class CampaignLoop:
     def _archive_view(self) -> ArchiveView:
         return ArchiveView(
             task=self.task.name, interface=self.task.interface(),
-            candidates=tuple(self._archive), evaluations_left=max(0, self._evaluations_left()),
+            candidates=tuple(self._archive), evaluations_left=max(0, self.evaluations_left()),
         )
 
     def _recent_failures(self, n: int = 3) -> tuple[FailureInfo, ...]:
@@ -140,10 +147,18 @@ class CampaignLoop:
         ctx = self.hooks.enrich_context(self, ctx)
         try:
             proposal = await self.proposer.propose(ctx)
+        except BudgetExhausted as err:
+            self._exhausted = str(err)
+            return
         except ProposalError as err:
             self.store.record_validator_failure(ctx, str(err), err.reply)
             self._consecutive_rejections += 1
             self.reporter.note(f"proposer reply unusable: {err}")
+            return
+        except Exception as err:  # e.g. an LLM provider down after all retries: not a candidate
+            self.store.record_event("proposer_error", f"{type(err).__name__}: {err}"[:2000])
+            self._consecutive_rejections += 1
+            self.reporter.note(f"proposer failed: {type(err).__name__}: {str(err)[:200]}")
             return
         self.admit(proposal)
 
@@ -156,9 +171,14 @@ class CampaignLoop:
             self.reporter.rejected(cid, proposal.name, violation.kind.value, violation.message)
             self.hooks.after_rejection(self, cid, proposal, violation, debug_round)
             return
-        dup_of = self.store.duplicate_of(proposal.code)
+        dup_of, why = self.store.duplicate_of(proposal.code), "duplicate"
+        if dup_of is None and proposal.genome is None:  # free-form code: near-duplicates too
+            dup_of, sim = self.store.most_similar(proposal.code)
+            if dup_of is not None and sim < self.cfg.proposer.max_similarity:
+                dup_of = None
+            why = f"near-duplicate (similarity {sim:.3f})"
         if dup_of is not None:
-            cid = self.store.add_duplicate(proposal, dup_of, debug_of)
+            cid = self.store.add_duplicate(proposal, dup_of, debug_of, why)
             self._consecutive_rejections += 1
             self.reporter.duplicate(cid, proposal.name, dup_of)
             return
@@ -263,7 +283,7 @@ class CampaignLoop:
                 t.cancel()
             self.store.finish("stopped", "interrupted")
             raise
-        if self._stop_reason is None and self._evaluations_left() <= 0:
+        if self._stop_reason is None and self.evaluations_left() <= 0:
             self._stop_reason = f"max_evaluations reached ({self.cfg.budget.max_evaluations})"
         reason = self._stop_reason or "queue empty"
         self.store.finish("finished", reason)

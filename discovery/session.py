@@ -86,9 +86,18 @@ def build_campaign(
 
         proposer, hooks, extras = build_llm_side(cfg, database, store, task, llm=llm)
     else:
-        from agents.offline import OfflineProposer
+        from agents.offline import OfflineProposer, genome_key
 
-        proposer = OfflineProposer(task=task.name, seen=store.genome_keys())
+        seen = set()
+        for g in store.genomes():
+            try:
+                seen.add(genome_key(g))
+            except ValueError:  # a genome the current design space no longer accepts
+                continue
+        try:
+            proposer = OfflineProposer(seen, task=task.name)
+        except ValueError as err:
+            raise UserError(f"[proposer] kind = 'offline': {err}; use kind = 'llm' for this task") from None
     rep = reporter or (JsonLinesReporter() if json_progress else ConsoleReporter())
     the_runner = runner or make_runner(cfg)
     if cfg.sandbox.warm_pool and hasattr(sandbox, "configure_pool") and cfg.runner.kind == "inline":

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from agents.types import FailureInfo, Proposal, ProposalContext
+from agents.types import FailureInfo, ParentInfo, Proposal, ProposalContext
 from discovery.config import CampaignConfig
 from discovery.errors import UserError
 from discovery.fitness import fitness as fitness_of
@@ -22,7 +22,7 @@ from evaluator.types import FailureKind, Objective, StageResult, Task
 from knowledge_base import repository as repo
 from knowledge_base.db import Database
 from knowledge_base.models import Candidate
-from knowledge_base.novelty import normalized_code_hash
+from knowledge_base.novelty import NoveltyIndex, normalized_code_hash
 
 FINISHED = ("evaluated", "failed")
 STARTED = ("running", "evaluated", "failed")
@@ -56,6 +56,11 @@ class CompletedEvaluation:
     genome: dict[str, Any] | None
     motivation: str
     parent_ids: tuple[int, ...]
+    origin: str = ""
+
+    @property
+    def origin_model(self) -> str | None:
+        return self.origin[4:] if self.origin.startswith("llm:") else None
 
     def as_evaluated(self) -> EvaluatedCandidate:
         return EvaluatedCandidate(
@@ -80,6 +85,8 @@ class CampaignStore:
         self.task = task
         self.campaign_id = cfg.name
         self._reference: dict[str, float] | None = None
+        self._novelty = NoveltyIndex()
+        self._novelty_size = -1
 
     # ------------------------------------------------------------------ campaign
     def open_campaign(self, cfg: CampaignConfig, task: Task) -> bool:
@@ -197,11 +204,49 @@ class CampaignStore:
         with self.db.read_session() as s:
             return [dict(c.genome) for c in repo.candidates(s, self.campaign_id) if c.genome]
 
+    def debug_round(self, candidate_id: int) -> int:
+        with self.db.read_session() as s:
+            return int(repo.require_candidate(s, candidate_id).debug_round or 0)
+
+    def log_tail(self, candidate_id: int) -> str:
+        with self.db.read_session() as s:
+            return next((e.log_tail for e in reversed(repo.evaluations_for(s, candidate_id)) if not e.ok), "") or ""
+
+    def parent_info(self, candidate_id: int) -> ParentInfo:
+        with self.db.read_session() as s:
+            c = repo.require_candidate(s, candidate_id)
+            return ParentInfo(candidate_id=c.id, name=c.name, code=c.code, genome=c.genome,
+                              fitness=c.fitness, metrics=_metrics_of(c), motivation=c.motivation)
+
+    def best_parent_fitness(self, parent_ids: Sequence[int]) -> float | None:
+        with self.db.read_session() as s:
+            fits = [c.fitness for pid in parent_ids if (c := repo.get_candidate(s, pid)) and c.fitness is not None]
+        return max(fits) if fits else None
+
+    def add_insight(self, candidate_id: int, text: str, model: str | None = None) -> None:
+        with self.db.session() as s:
+            repo.add_insight(s, self.campaign_id, text, candidate_id=candidate_id, model=model)
+
     # ------------------------------------------------------------------ novelty
     def duplicate_of(self, code: str) -> int | None:
         with self.db.read_session() as s:
             hit = repo.find_candidate_by_hash(s, self.campaign_id, normalized_code_hash(code))
             return hit.id if hit is not None else None
+
+    def most_similar(self, code: str) -> tuple[int | None, float]:
+        """The most similar evaluated candidate and the similarity (novelty check)."""
+        with self.db.read_session() as s:
+            if self._novelty_size != len(done := repo.candidates(s, self.campaign_id, "evaluated")):
+                self._novelty = NoveltyIndex()
+                for c in done:
+                    self._novelty.add(c.id, c.code)
+                self._novelty_size = len(done)
+        key, sim = self._novelty.max_similarity(code)
+        return (int(key) if key is not None else None), sim
+
+    def record_event(self, kind: str, message: str, data: dict[str, Any] | None = None) -> None:
+        with self.db.session() as s:
+            repo.add_event(s, self.campaign_id, kind, message, data or {})
 
     # ------------------------------------------------------------------ writes
     def _add(self, s, proposal: Proposal, status: str, debug_of: int | None, debug_round: int = 0,
@@ -232,10 +277,11 @@ class CampaignStore:
             repo.add_evaluations(s, c.id, [StageResult.failure("load", kind, message, target=self._target())], attempt=1)
             return c.id
 
-    def add_duplicate(self, proposal: Proposal, duplicate_of: int, debug_of: int | None) -> int:
+    def add_duplicate(self, proposal: Proposal, duplicate_of: int, debug_of: int | None,
+                      why: str = "duplicate") -> int:
         with self.db.session() as s:
             c = self._add(s, proposal, "duplicate", debug_of,
-                          failure_message=f"duplicate of candidate #{duplicate_of}")
+                          failure_message=f"{why} of candidate #{duplicate_of}")
             return c.id
 
     def record_validator_failure(self, ctx: ProposalContext, message: str, reply: str) -> int:
@@ -304,7 +350,8 @@ class CampaignStore:
                 metrics=metrics, objectives=dict(c.objectives or {}), failure_kind=c.failure_kind,
                 failure_stage=c.failure_stage, failure_message=c.failure_message, wall_s=wall_s,
                 is_seed=c.is_seed, is_reference=c.is_reference, code=c.code, genome=c.genome,
-                motivation=c.motivation, parent_ids=tuple(p.id for p in repo.parents_of(s, c.id, ("parent", "crossover"))),
+                motivation=c.motivation, origin=c.origin,
+                parent_ids=tuple(p.id for p in repo.parents_of(s, c.id, ("parent", "crossover", "debug"))),
             )
 
     def _fitness(self, objectives: Sequence[Objective]) -> float | None:

@@ -98,11 +98,16 @@ class Database:
 
     @contextmanager
     def read_session(self) -> Iterator[Session]:
-        """A session for reading; whatever it did is rolled back at the end."""
+        """A session for reading; whatever it did is rolled back at the end.
+
+        Rows it loaded stay readable after the block (they are detached, not expired);
+        relationships that were never loaded cannot be lazy-loaded any more.
+        """
         with self._read() as session:
             try:
                 yield session
             finally:
+                session.expunge_all()
                 session.rollback()
 
     def close(self) -> None:
@@ -131,11 +136,30 @@ def make_engine(url: str) -> Engine:
             kwargs["poolclass"] = StaticPool
             kwargs["connect_args"]["check_same_thread"] = False
         elif not parsed.query.get("uri"):
-            Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+            path = Path(database).expanduser()
+            parsed = parsed.set(database=str(path))
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as err:
+                raise DatabaseError(
+                    f"cannot create the folder of database {path}: {err.strerror or err}"
+                ) from err
+    else:
+        # A campaign holds connections for hours: check them before use, and fail fast on an
+        # unreachable server instead of waiting for the OS TCP timeout.
+        kwargs["pool_pre_ping"] = True
+        if "connect_timeout" not in parsed.query:
+            kwargs["connect_args"] = {"connect_timeout": 10}
     try:
         engine = create_engine(parsed, **kwargs)
-    except (exc.ArgumentError, exc.NoSuchModuleError, ImportError) as err:
-        raise DatabaseError(f"invalid database URL {describe_url(url)!r}: {one_line_error(err)}") from err
+    except ImportError as err:
+        raise DatabaseError(
+            f"cannot use {describe_url(url)}: its driver is not installed ({err}); for "
+            "PostgreSQL run: pip install 'psycopg[binary]'"
+        ) from err
+    except (exc.ArgumentError, exc.NoSuchModuleError) as err:
+        shown = describe_url(url)
+        raise DatabaseError(f"invalid database URL {shown!r}: {one_line_error(err)}") from err
     if engine.dialect.name == "sqlite":
         event.listen(engine, "connect", _sqlite_on_connect)
         event.listen(engine, "begin", _sqlite_on_begin)
@@ -194,7 +218,8 @@ def open_database(url: str) -> Database:
         raise
     except (exc.SQLAlchemyError, OSError) as err:
         engine.dispose()
-        raise DatabaseError(f"cannot open database {describe_url(url)}: {one_line_error(err)}") from err
+        shown = describe_url(url)
+        raise DatabaseError(f"cannot open database {shown}: {one_line_error(err)}") from err
     return Database(url, engine)
 
 
@@ -252,12 +277,22 @@ def _refuse_unknown(script: Any, current: set[str], engine: Engine) -> None:
             )
 
 
-def _upgrade(conn: Connection) -> None:
-    from alembic import command
+def alembic_config(url: str | None = None) -> Any:
+    """An Alembic ``Config`` for the shipped migrations (no ini file), for development:
+    ``command.revision(alembic_config("sqlite:///dev.db"), autogenerate=True, message=...)``."""
     from alembic.config import Config
 
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    if url is not None:
+        config.set_main_option("sqlalchemy.url", _as_url(url).replace("%", "%%"))
+    return config
+
+
+def _upgrade(conn: Connection) -> None:
+    from alembic import command
+
+    config = alembic_config()
     config.attributes["connection"] = conn
     command.upgrade(config, "head")
 

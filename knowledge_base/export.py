@@ -17,16 +17,15 @@ import json
 from collections import defaultdict
 from collections.abc import Iterable
 from pathlib import Path
-from typing import IO, Any, Literal
+from typing import IO, Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from knowledge_base.db import Database
 from knowledge_base.models import Candidate, Evaluation, LineageEdge
-from knowledge_base.values import json_safe
+from knowledge_base.values import as_utc, json_safe
 
-ExportFormat = Literal["csv", "jsonl", "parquet"]
-ExportTable = Literal["candidates", "evaluations"]
 EXPORT_FORMATS: tuple[str, ...] = ("csv", "jsonl", "parquet")
 EXPORT_TABLES: tuple[str, ...] = ("candidates", "evaluations")
 _NESTED_PREFIX = {"objectives": "objective.", "metrics": "metric."}
@@ -37,7 +36,7 @@ class ExportError(Exception):
 
 
 def _iso(value: dt.datetime | None) -> str | None:
-    return value.isoformat() if value is not None else None
+    return as_utc(value).isoformat() if value is not None else None
 
 
 def _edges_by_child(session: Session, campaign_id: str | None) -> dict[int, list[LineageEdge]]:
@@ -149,7 +148,8 @@ def write_export(
     """Write ``table`` in ``fmt`` to a path or an open stream (text for csv/jsonl, binary for
     parquet); returns the number of rows written."""
     if fmt not in EXPORT_FORMATS:
-        raise ExportError(f"unknown export format {fmt!r}: expected one of {', '.join(EXPORT_FORMATS)}")
+        expected = ", ".join(EXPORT_FORMATS)
+        raise ExportError(f"unknown export format {fmt!r}: expected one of {expected}")
     if fmt == "parquet":
         _require_pyarrow()
     records = _records(session, table, campaign_id, include_code)
@@ -167,6 +167,21 @@ def write_export(
     else:
         _write_text(records, out, fmt)
     return len(records)
+
+
+def export_rows(
+    db: Database,
+    campaign_id: str | None,
+    table: str,
+    fmt: str,
+    out: str | Path | IO[Any],
+    *,
+    include_code: bool = False,
+) -> int:
+    """``write_export`` in a read session of ``db`` (what ``disco export`` calls)."""
+    with db.read_session() as session:
+        return write_export(session, out, fmt, table=table, campaign_id=campaign_id,
+                            include_code=include_code)
 
 
 def export_all(

@@ -55,7 +55,8 @@ def add_knowledge(
 ) -> tuple[Knowledge, bool]:
     """Insert an entry unless the same content exists; returns ``(entry, created)``."""
     if kind not in KNOWLEDGE_KINDS:
-        raise ValueError(f"knowledge kind {kind!r} is not one of {', '.join(sorted(KNOWLEDGE_KINDS))}")
+        expected = ", ".join(sorted(KNOWLEDGE_KINDS))
+        raise ValueError(f"knowledge kind {kind!r} is not one of {expected}")
     if not title.strip():
         raise ValueError("a knowledge entry needs a non-empty title")
     digest = knowledge_content_hash(kind, title, trigger, principle, hint, body, task)

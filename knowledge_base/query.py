@@ -13,7 +13,8 @@ has a gap:
    reads, selects, functions (bar ``load_extension``) and reading pragmas. PostgreSQL: the
    statement runs in a READ ONLY transaction that is rolled back.
 
-Errors are ``QueryError`` (``ReadOnlyQueryError`` for refusals) with a one-line message.
+Errors are ``QueryError`` (a ``DatabaseError``; ``ReadOnlyQueryError`` for refusals) with a
+one-line message.
 """
 
 from __future__ import annotations
@@ -52,7 +53,7 @@ ARG_PRAGMAS = frozenset({
 })
 
 
-class QueryError(Exception):
+class QueryError(DatabaseError):
     """A query could not be run; the message is one line for the user."""
 
 

@@ -325,29 +325,24 @@ def parents_of(
     session: Session, candidate_id: int, kinds: str | Iterable[str] | None = None
 ) -> list[Candidate]:
     """Candidates with an edge into ``candidate_id`` (all kinds unless ``kinds`` given)."""
-    stmt = (
-        select(Candidate)
-        .join(LineageEdge, LineageEdge.parent_id == Candidate.id)
-        .where(LineageEdge.child_id == candidate_id)
-    )
+    edges = select(LineageEdge.parent_id).where(LineageEdge.child_id == candidate_id)
     wanted = _kinds_filter(kinds)
     if wanted is not None:
-        stmt = stmt.where(LineageEdge.kind.in_(wanted))
-    return list(session.scalars(stmt.order_by(Candidate.id).distinct()))
+        edges = edges.where(LineageEdge.kind.in_(wanted))
+    # IN (subquery), not JOIN + DISTINCT: PostgreSQL cannot DISTINCT over json columns.
+    stmt = select(Candidate).where(Candidate.id.in_(edges)).order_by(Candidate.id)
+    return list(session.scalars(stmt))
 
 
 def children_of(
     session: Session, candidate_id: int, kinds: str | Iterable[str] | None = None
 ) -> list[Candidate]:
-    stmt = (
-        select(Candidate)
-        .join(LineageEdge, LineageEdge.child_id == Candidate.id)
-        .where(LineageEdge.parent_id == candidate_id)
-    )
+    edges = select(LineageEdge.child_id).where(LineageEdge.parent_id == candidate_id)
     wanted = _kinds_filter(kinds)
     if wanted is not None:
-        stmt = stmt.where(LineageEdge.kind.in_(wanted))
-    return list(session.scalars(stmt.order_by(Candidate.id).distinct()))
+        edges = edges.where(LineageEdge.kind.in_(wanted))
+    stmt = select(Candidate).where(Candidate.id.in_(edges)).order_by(Candidate.id)
+    return list(session.scalars(stmt))
 
 
 def lineage_edges(session: Session, campaign_id: str) -> list[LineageEdge]:

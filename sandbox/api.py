@@ -27,6 +27,9 @@ class SandboxLimits(BaseModel):
     max_open_files: int = 256
     max_output_bytes: int = 64 * 1024  # captured stdout+stderr kept (tail)
     torch_threads: int = 1  # intra-op threads inside the child (one evaluation per core)
+    # Wall clock for the implicit ``load`` stage (import + interface check); added by the
+    # sandbox hardening work (issue 3), additive.
+    load_timeout_s: float = 60.0
 
 
 class EvalRequest(BaseModel):

@@ -2,8 +2,9 @@
 
 It runs ``http.server`` in a daemon thread on 127.0.0.1 with an ephemeral port and answers
 ``POST /v1/chat/completions`` from a queue of scripted items: a reply string (answered with
-HTTP 200, OpenAI's response shape and a ``usage`` block) or an ``HTTPFailure`` (answered with
-that status code and an OpenAI-style error body, e.g. one HTTP 429 before a success). Every
+HTTP 200, OpenAI's response shape and a ``usage`` block), an ``HTTPFailure`` (answered with
+that status code and an OpenAI-style error body, e.g. one HTTP 429 before a success), or a
+``Delayed`` reply (answered after a pause; ``max_in_flight`` counts concurrent requests). Every
 request body it receives is kept in ``requests`` so tests can assert what was sent. When the
 queue is empty it answers HTTP 500 with a message saying so, which a test sees as an error
 rather than a silent default reply.
@@ -27,6 +28,14 @@ from typing import Any
 
 
 @dataclass(frozen=True)
+class Delayed:
+    """Answer with ``reply`` after ``seconds`` (to exercise timeouts and concurrency)."""
+
+    reply: str
+    seconds: float
+
+
+@dataclass(frozen=True)
 class HTTPFailure:
     """Answer one request with this HTTP status instead of a completion."""
 
@@ -43,20 +52,23 @@ def _count_tokens(text: str) -> int:
 class FakeOpenAIServer:
     """Scripted ``/v1/chat/completions`` on loopback; use as a context manager."""
 
-    def __init__(self, replies: Iterable[str | HTTPFailure] = ()) -> None:
-        self._queue: deque[str | HTTPFailure] = deque(replies)
+    def __init__(self, replies: Iterable[str | HTTPFailure | Delayed] = ()) -> None:
+        self._queue: deque[str | HTTPFailure | Delayed] = deque(replies)
         self._lock = threading.Lock()
         self.requests: list[dict[str, Any]] = []
+        self.headers: list[dict[str, str]] = []
         self.statuses: list[int] = []
+        self.in_flight = 0
+        self.max_in_flight = 0
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
 
     # -- scripting ---------------------------------------------------------------------
-    def push(self, *items: str | HTTPFailure) -> None:
+    def push(self, *items: str | HTTPFailure | Delayed) -> None:
         with self._lock:
             self._queue.extend(items)
 
-    def _next(self) -> str | HTTPFailure | None:
+    def _next(self) -> str | HTTPFailure | Delayed | None:
         with self._lock:
             return self._queue.popleft() if self._queue else None
 
@@ -95,10 +107,23 @@ class FakeOpenAIServer:
         self.stop()
 
     # -- request handling (called from the server thread) -------------------------------
-    def _answer(self, body: dict[str, Any]) -> tuple[int, dict[str, Any], dict[str, str]]:
+    def _answer(self, body: dict[str, Any], headers_in: dict[str, str]) -> tuple[int, dict[str, Any], dict[str, str]]:
         with self._lock:
             self.requests.append(body)
+            self.headers.append(headers_in)
+            self.in_flight += 1
+            self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            return self._reply(body)
+        finally:
+            with self._lock:
+                self.in_flight -= 1
+
+    def _reply(self, body: dict[str, Any]) -> tuple[int, dict[str, Any], dict[str, str]]:
         item = self._next()
+        if isinstance(item, Delayed):
+            time.sleep(item.seconds)
+            item = item.reply
         if item is None:
             status, payload = 500, _error_body("FakeOpenAIServer has no scripted reply left", "server_error")
             headers: dict[str, str] = {}
@@ -177,6 +202,10 @@ def _make_handler(owner: FakeOpenAIServer) -> type[BaseHTTPRequestHandler]:
             if body.get("stream"):
                 self._send(400, _error_body("streaming is not supported", "invalid_request_error"), {})
                 return
-            self._send(*owner._answer(body))
+            headers_in = {k.lower(): v for k, v in self.headers.items()}
+            try:
+                self._send(*owner._answer(body, headers_in))
+            except (BrokenPipeError, ConnectionResetError):
+                pass  # the client gave up (a timeout test); nothing to answer
 
     return Handler

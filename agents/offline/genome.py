@@ -18,7 +18,7 @@ import json
 from collections.abc import Callable, Mapping
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
 FeatureMap = Literal["identity", "elu1", "relu", "silu", "sigmoid"]
 Decay = Literal["none", "fixed", "data"]
@@ -42,6 +42,14 @@ class Genome(BaseModel):
     chunk_size: Literal[16, 32, 64]  # tokens per chunk of the chunked algorithm
     qk_norm: bool  # L2-normalise q and k (after the feature map)
     expand_v: Literal[1, 2]  # value / state width = expand_v * head key width
+
+    @field_validator("short_conv", "num_heads", "chunk_size", "expand_v", mode="before")
+    @classmethod
+    def _no_bools(cls, value: Any) -> Any:
+        # bool is a subclass of int, so strict Literal[1, 2] would accept True as 1
+        if isinstance(value, bool):
+            raise ValueError("a bool is not an integer gene value")
+        return value
 
 
 # The allowed values of every gene, in a fixed order (operators sample from these).
@@ -104,6 +112,8 @@ _REPAIRS: tuple[Rule, ...] = (
 )
 # Not a repair but a runtime rule of the rendered module: a num_heads gene that does not divide
 # the task's hidden_size falls back to the task's num_heads (hidden_size is unknown here).
+# Left valid on purpose: additive updates with no decay and no normalization (the state and
+# the output grow with T). That is weak but sound, and measuring it is the evaluator's job.
 
 
 def repair(genome: Genome) -> tuple[Genome, tuple[str, ...]]:

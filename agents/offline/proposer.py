@@ -10,7 +10,7 @@ proposal) keeps it from proposing the same design twice.
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
+from collections.abc import Iterable
 
 from agents.offline.genome import (
     Genome,
@@ -28,6 +28,7 @@ from agents.offline.render import render_mixer
 from agents.types import ParentInfo, Proposal, ProposalContext, ProposalError
 
 OPERATIONS = ("mutation", "crossover", "fresh")
+SUPPORTED_TASKS = ("token-mixer",)  # tasks that have a templated design space here
 
 
 def _changes_text(changes: list[tuple[str, object, object]]) -> str:
@@ -41,22 +42,27 @@ class OfflineProposer:
 
     def __init__(
         self,
-        seen: set[str] | None = None,
+        seen: Iterable[str] | None = None,
         *,
+        task: str = "token-mixer",
         max_tries: int = 32,
-        tasks: Sequence[str] = ("token-mixer",),
     ) -> None:
-        # ``seen`` is shared on purpose: the caller may pre-fill it from the archive (genome_key
-        # of every stored candidate) and sees the keys this proposer adds.
-        self.seen: set[str] = seen if seen is not None else set()
+        if task not in SUPPORTED_TASKS:
+            raise ValueError(
+                f"the offline proposer has no design space for task {task!r}; "
+                f"it supports: {', '.join(SUPPORTED_TASKS)}"
+            )
+        # A set passed in is shared on purpose: the caller pre-fills it from the archive
+        # (genome_key of every stored candidate) and sees the keys this proposer adds.
+        self.seen: set[str] = seen if isinstance(seen, set) else set(seen or ())
+        self.task = task
         self.max_tries = max_tries
-        self.tasks = tuple(tasks)
 
     async def propose(self, ctx: ProposalContext) -> Proposal:
-        if ctx.task not in self.tasks:
+        if ctx.task != self.task:
             raise ProposalError(
-                f"the offline proposer has no design space for task {ctx.task!r}; "
-                f"it supports: {', '.join(self.tasks)}"
+                f"this offline proposer was built for task {self.task!r}, got a context for "
+                f"{ctx.task!r}"
             )
         if ctx.operation not in OPERATIONS:
             raise ProposalError(

@@ -74,20 +74,20 @@ class MQAROptions(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     settings: tuple[MQARSetting, ...] = (MQARSetting(seq_len=64, num_kv_pairs=8),)
-    vocab_size: int = Field(default=256, gt=4)
+    vocab_size: int = Field(default=128, gt=4)
     power_a: float = Field(default=0.01, gt=0.0, le=1.0)
     random_non_queries: bool = True
     # model frame
     d_model: int = Field(default=64, gt=0)
-    n_layers: int = Field(default=2, gt=0)
+    n_layers: int = Field(default=1, gt=0)
     num_heads: int = Field(default=2, gt=0)
     mlp: str = Field(default="swiglu", pattern="^(swiglu|gelu)$")
-    mlp_ratio: float = Field(default=4.0, gt=0.0)
+    mlp_ratio: float = Field(default=2.0, gt=0.0)
     pos_emb: str = Field(default="learned", pattern="^(none|learned)$")
     token_shift: bool = True
     # optimisation
-    batch_size: int = Field(default=32, gt=0)
-    steps: int = Field(default=300, gt=0)
+    batch_size: int = Field(default=16, gt=0)
+    steps: int = Field(default=500, gt=0)
     lrs: tuple[float, ...] = (3e-3, 1e-2)
     weight_decay: float = Field(default=0.1, ge=0.0)
     betas: tuple[float, float] = (0.9, 0.98)

@@ -1,7 +1,12 @@
 """Alembic migrations of the knowledge base, shipped as package data and applied on open.
 
 ``knowledge_base.db.migrate`` runs them programmatically; ``env.py`` is Alembic's entry point.
-To write a new revision during development, point Alembic at this folder, e.g.
-``alembic -x url=sqlite:///dev.db -c /dev/null revision --autogenerate`` with
-``script_location`` set to ``knowledge_base/migrations``, then review the generated file.
+To write a new revision during development (no alembic.ini needed)::
+
+    from alembic import command
+    from knowledge_base.db import alembic_config
+    command.revision(alembic_config("sqlite:///dev.db"), autogenerate=True, message="...")
+
+then review the generated file (autogenerate cannot see the full-text objects; write their
+dialect branches by hand, as ``versions/0001_initial.py`` does).
 """

@@ -19,10 +19,14 @@ import torch.nn.functional as F
 
 
 def causal_conv(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """Depthwise causal convolution over time: x (B, T, C), weight (C, K)."""
-    kernel = weight.shape[1]
-    x = F.pad(x.transpose(1, 2), (kernel - 1, 0))
-    return F.conv1d(x, weight[:, None, :], groups=weight.shape[0]).transpose(1, 2)
+    """Depthwise causal convolution over time, x (B, T, C), weight (C, K): the sum of K shifted
+    copies (for K <= 4 faster than conv1d's depthwise kernels, forward and backward)."""
+    kernel, t = weight.shape[1], x.shape[1]
+    padded = F.pad(x, (0, 0, kernel - 1, 0))
+    out = padded[:, :t] * weight[:, 0]
+    for i in range(1, kernel):
+        out = out + padded[:, i:i + t] * weight[:, i]
+    return out
 
 
 class Mixer(nn.Module):

@@ -2,10 +2,15 @@
 
 S_t = diag(alpha_t) S_{t-1} + k_t v_t^T, y_t = q_t S_t, with log alpha_t = logsigmoid(W x_t) / 16
 from a low-rank projection (one forget rate per key channel), a per-head RMS norm and a swish
-output gate. Training form: chunked. Inside a chunk the decay between positions i >= j is
-exp(b_i - b_j) per key channel (b = cumulative log alpha), which is <= 1, so the (C x C x d_k)
-product is computed directly and stays finite for any gate values; across chunks the state is
-carried by a loop over chunks. Decoding form: one (d_k x d_v) state per head.
+output gate.
+
+Training form: chunked (GLA's chunkwise form in log space). Inside a chunk, with b the
+cumulative log decay from the chunk start, the decayed scores q_i . (k_j * exp(b_i - b_j)) are
+one matmul of q * exp(b) and k * exp(-b) (both causal: the reference point is the chunk start,
+never a later position). To keep exp(-b) finite, log alpha is clamped at -60 / chunk_size per
+token (alpha >= 0.024 at chunk 16; the gate reaches that only for logits below -60), in forward
+and in step alike, so exp(-b) <= e^60. Across chunks the state is carried by a loop over
+chunks. Decoding form: one (d_k x d_v) state per head.
 """
 
 from typing import Optional
@@ -37,7 +42,8 @@ class Mixer(nn.Module):
         b, t, _ = x.shape
         h, d = self.num_heads, self.head_dim
         q, k, v = self.qkv(x).view(b, t, 3, h, d).permute(2, 0, 3, 1, 4)
-        log_alpha = F.logsigmoid(self.gk_up(self.gk_down(x))) / self.gate_temperature
+        log_alpha = F.logsigmoid(self.gk_up(self.gk_down(x)).float()) / self.gate_temperature
+        log_alpha = log_alpha.clamp(min=-60.0 / self.chunk_size)
         log_alpha = log_alpha.view(b, t, h, d).transpose(1, 2)
         return q * d ** -0.5, k, v, log_alpha  # (B, H, T, d) each
 
@@ -52,15 +58,13 @@ class Mixer(nn.Module):
         n = (t + c - 1) // c
         q, k, v, log_alpha = (F.pad(z, (0, 0, 0, n * c - t)).view(b, self.num_heads, n, c, -1)
                               for z in self._heads(x))
-        cum = log_alpha.float().cumsum(dim=3)  # b_i inside each chunk, (B, H, n, C, d)
+        cum = log_alpha.cumsum(dim=3)  # b_i inside each chunk, (B, H, n, C, d), float32
+        q_in = q * cum.exp().to(q.dtype)  # decay from the chunk start to i
         causal = torch.ones(c, c, dtype=torch.bool, device=x.device).tril()
-        # exp(b_i - b_j) for j <= i, zero above the diagonal (masked before exp: never inf)
-        rel = (cum[..., :, None, :] - cum[..., None, :, :]).masked_fill(~causal[..., None],
-                                                                        float("-inf"))
-        scores = (q[..., :, None, :] * k[..., None, :, :] * rel.exp().to(q.dtype)).sum(dim=-1)
+        # masked with masked_fill, not a product: entries above the diagonal may overflow
+        scores = (q_in @ (k * (-cum).exp().to(k.dtype)).transpose(-1, -2)).masked_fill(~causal, 0.0)
         intra = scores @ v
         last = cum[..., -1:, :]  # b_C of each chunk, (B, H, n, 1, d)
-        q_in = q * cum.exp().to(q.dtype)  # decay from the chunk start to i
         k_out = k * (last - cum).exp().to(k.dtype)  # decay from j to the chunk end
         updates = k_out.transpose(-1, -2) @ v  # (B, H, n, d, d)
         chunk_decay = last[..., 0, :].exp().to(q.dtype)  # (B, H, n, d)

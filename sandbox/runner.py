@@ -1,0 +1,203 @@
+"""Entry point of a sandbox child: ``python -m sandbox.runner --request-fd N --result-fd M``.
+
+Order of events (nothing from the candidate is read before isolation is complete):
+1. close every inherited fd but stdio and the two pipes; move the result pipe to a high fd,
+   close-on-exec; read the ``SpawnConfig`` line (HMAC key, isolation settings);
+2. isolate (``sandbox.isolation``): namespaces (forking so the harness is PID 1 of its PID
+   namespace, while the first process stays outside as a monitor that mirrors its exit
+   status), private read-only file system, unique uid, no_new_privs, seccomp, Landlock;
+3. import torch and the other preloads, bind the harness's own references, take the module
+   snapshot, send a signed ``ready`` frame (a warm pool child waits here);
+4. read the ``LaunchRequest`` line, close the request pipe, apply the rlimits, set torch's
+   thread count, run the harness, send ``done`` and exit with ``os._exit``.
+Any failure of steps 1-4 that is not the candidate's is reported as an ``error`` frame (or a
+nonzero exit before ``ready``), which the driver raises as ``SandboxError`` (kind ``infra``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import fcntl
+import os
+import signal
+import sys
+import traceback
+from collections.abc import Callable
+
+from pydantic import BaseModel
+
+from sandbox import isolation, syscalls
+from sandbox.protocol import (DoneEvent, ErrorEvent, LaunchRequest, ReadyEvent, SpawnConfig,
+                              encode_event, make_frame)
+
+HIDDEN_FD_MIN = 900
+EXIT_SETUP_FAILED = 70
+
+
+class _LineReader:
+    """Reads newline-terminated messages from the request pipe."""
+
+    def __init__(self, fd: int):
+        self.fd = fd
+        self._buf = b""
+
+    def line(self) -> bytes:
+        while b"\n" not in self._buf:
+            chunk = os.read(self.fd, 1 << 16)
+            if not chunk:
+                raise EOFError("the driver closed the request pipe")
+            self._buf += chunk
+        line, _, self._buf = self._buf.partition(b"\n")
+        return line
+
+
+def _close_other_fds(keep: set[int]) -> None:
+    try:
+        fds = [int(name) for name in os.listdir("/proc/self/fd")]
+    except OSError:
+        fds = list(range(3, 1024))
+    for fd in fds:
+        if fd not in keep:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+
+def _hide(fd: int) -> int:
+    """Move ``fd`` to a high, close-on-exec descriptor (out of reach of dup2 once
+    RLIMIT_NOFILE is lowered below it)."""
+    try:
+        high = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, HIDDEN_FD_MIN)
+    except OSError:
+        high = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 3)
+    os.close(fd)
+    return high
+
+
+def make_emitter(key: bytes, fd: int) -> Callable[[BaseModel], None]:
+    """A signing writer for the result pipe. The key lives only in this closure; a process
+    forked by candidate code never reports (it exits on its first attempt)."""
+    owner = os.getpid()
+    getpid, write, exit_now = os.getpid, os.write, os._exit
+    encode, frame = encode_event, make_frame
+    seq = [0]
+
+    def emit(event: BaseModel) -> None:
+        if getpid() != owner:
+            exit_now(0)
+        data = memoryview(frame(key, seq[0], encode(event)))
+        seq[0] += 1
+        while data:
+            data = data[write(fd, data):]
+
+    return emit
+
+
+def _monitor(child: int) -> None:
+    """The first process, outside the PID namespace: wait, then exit like the harness did."""
+    while True:
+        try:
+            _, status = os.waitpid(child, 0)
+            break
+        except InterruptedError:
+            continue
+        except ChildProcessError:
+            os._exit(EXIT_SETUP_FAILED)
+    if os.WIFSIGNALED(status):
+        sig = os.WTERMSIG(status)
+        try:
+            signal.signal(sig, signal.SIG_DFL)
+            os.kill(os.getpid(), sig)
+        except (OSError, ValueError):
+            pass
+        os._exit(128 + sig)
+    os._exit(os.waitstatus_to_exitcode(status) & 0xFF)
+
+
+def _isolate(spawn: SpawnConfig, request_fd: int, result_fd: int) -> tuple[str, dict, list[str]]:
+    notes: list[str] = []
+    fields: dict[str, object] = {}
+    mode = isolation.enter_namespaces(spawn, notes)
+    if mode != "none":
+        fields.update(pid_namespace=True, net_namespace=True, mount_namespace=True)
+        child = os.fork()
+        if child:
+            os.close(request_fd)
+            os.close(result_fd)
+            _monitor(child)
+    owner = spawn.uid if (os.geteuid() == 0 and spawn.uid is not None) else os.geteuid()
+    if mode == "none" and os.geteuid() == 0 and any(
+            isolation.blocked_ancestor(p) for p in spawn.read_paths):
+        owner = 0  # see isolation.drop_identity: uid 0 without capabilities
+    if mode != "none":
+        workdir = isolation.setup_filesystem(spawn, fields, notes, owner)
+    else:
+        if not spawn.workdir:
+            raise OSError("no working directory was given for an unnamespaced child")
+        workdir = isolation.prepare_host_workdir(spawn.workdir, owner)
+    isolation.drop_identity(mode, spawn, fields, notes)
+    os.chdir(workdir)
+    os.environ["HOME"] = workdir
+    os.environ["TMPDIR"] = isolation.SANDBOX_TMP if mode != "none" else workdir
+    fields["workdir"] = workdir
+    isolation.harden(spawn, workdir, mode != "none", fields, notes)
+    return mode, fields, notes
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="sandbox.runner")
+    parser.add_argument("--request-fd", type=int, required=True)
+    parser.add_argument("--result-fd", type=int, required=True)
+    parser.add_argument("--parent-pid", type=int, required=True)
+    args = parser.parse_args(argv)
+    if syscalls.AVAILABLE:
+        syscalls.prctl(syscalls.PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != args.parent_pid:  # the driver died before we could notice
+        os._exit(EXIT_SETUP_FAILED)
+    _close_other_fds({0, 1, 2, args.request_fd, args.result_fd})
+    result_fd = _hide(args.result_fd)
+    request_fd = args.request_fd
+    reader = _LineReader(request_fd)
+    spawn = SpawnConfig.model_validate_json(reader.line())
+    key = bytes.fromhex(spawn.key)
+    emit: Callable[[BaseModel], None] | None = None
+    try:
+        mode, fields, notes = _isolate(spawn, request_fd, result_fd)
+        emit = make_emitter(key, result_fd)  # after the fork: the harness is the owner
+        report = isolation.build_report(mode, fields, notes)
+        from sandbox.harness import Harness, HarnessError  # after isolation: imports torch deps
+        from sandbox.integrity import ModuleSnapshot
+        import importlib
+        for name in spawn.preload:
+            importlib.import_module(name)
+        torch = sys.modules.get("torch")
+        if torch is not None:
+            torch.set_num_threads(spawn.torch_threads)
+        snapshot = ModuleSnapshot()
+        snapshot.extend()
+    except BaseException as exc:  # noqa: BLE001 - report, then exit
+        (emit or make_emitter(key, result_fd))(ErrorEvent(message=f"sandbox setup failed: {exc!r}\n{traceback.format_exc()[-2000:]}"))
+        os._exit(EXIT_SETUP_FAILED)
+    emit(ReadyEvent(isolation=report))
+    try:
+        launch = LaunchRequest.model_validate_json(reader.line())
+        os.close(request_fd)
+        isolation.apply_limits(launch.limits)
+        if torch is not None:
+            torch.set_num_threads(launch.limits.torch_threads)
+        Harness(emit, static_policy=launch.static_policy, snapshot=snapshot).run(launch.request)
+    except HarnessError as exc:
+        emit(ErrorEvent(message=str(exc)))
+        os._exit(EXIT_SETUP_FAILED)
+    except EOFError:
+        os._exit(0)  # the driver gave this child back without using it
+    except BaseException as exc:  # noqa: BLE001 - a harness bug; the candidate's are caught inside
+        emit(ErrorEvent(message=f"harness failure: {exc!r}"))
+        os._exit(EXIT_SETUP_FAILED)
+    emit(DoneEvent())
+    os._exit(0)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Tests of the evaluator package (tasks and their stages)."""

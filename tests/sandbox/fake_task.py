@@ -1,0 +1,87 @@
+"""A minimal task for the sandbox's own tests, addressed as
+``tests.sandbox.fake_task:FakeTask``, so sandbox tests do not depend on the token-mixer task.
+
+A candidate defines ``class Model`` with ``__init__(self)`` and ``forward(self, x)``.
+Stages (options in ``StageSpec.options``):
+- ``build``: instantiate ``Model()``;
+- ``forward``: call ``forward(options["x"])`` (default 3) and report ``y`` when it is a number;
+- ``xent``: cross-entropy, through ``torch.nn.functional``, of fixed logits (the model plays
+  no part): a candidate that rewires ``cross_entropy`` changes what this stage measures;
+- ``constraint``: fails with kind ``complexity`` when ``options["fail"]`` is true;
+- ``boom``: raises ``StageFailure(options["kind"])`` so tests can check kinds pass through.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+from evaluator.types import (FailureKind, Objective, Program, Seed, StageFailure, StageResult,
+                             StageSpec, TargetSpec)
+
+TRIVIAL = '''
+class Model:
+    def __init__(self):
+        self.scale = 2.0
+
+    def forward(self, x):
+        return self.scale * x
+'''
+
+
+class FakeTask:
+    name = "fake"
+    description = "sandbox test task"
+
+    def __init__(self, **options: Any):
+        self.options = options
+        self._model: Any = None
+
+    def interface(self) -> str:
+        return "class Model: __init__(self); forward(self, x) -> number"
+
+    def seeds(self) -> list[Seed]:
+        return [Seed(name="trivial", code=TRIVIAL, motivation="test")]
+
+    def rungs(self) -> int:
+        return 1
+
+    def stages(self, rung: int) -> list[StageSpec]:
+        return [StageSpec(name="build", timeout_s=5), StageSpec(name="forward", timeout_s=5)]
+
+    def check_interface(self, module: Any) -> str | None:
+        if not isinstance(getattr(module, "Model", None), type):
+            return "the module must define class Model"
+        return None
+
+    def run_stage(self, program: Program, stage: StageSpec, target: TargetSpec) -> StageResult:
+        kind = stage.options.get("kind_of_stage", stage.name)
+        metrics: dict[str, float] = {}
+        if kind == "build":
+            self._model = program.module.Model()
+        elif kind == "forward":
+            if self._model is None:
+                self._model = program.module.Model()
+            y = self._model.forward(stage.options.get("x", 3))
+            if isinstance(y, (int, float)):
+                if not math.isfinite(y):
+                    raise StageFailure(FailureKind.NAN, f"forward returned {y}")
+                metrics["y"] = float(y)
+        elif kind == "xent":
+            import torch
+            import torch.nn.functional as F
+
+            logits = torch.tensor([[2.0, 0.5, -1.0], [0.1, 0.2, 3.0]])
+            target_idx = torch.tensor([1, 0])
+            metrics["loss"] = float(F.cross_entropy(logits, target_idx))
+        elif kind == "constraint":
+            if stage.options.get("fail"):
+                raise StageFailure(FailureKind.COMPLEXITY, "constraint violated", {"exponent": 2.0})
+        elif kind == "boom":
+            raise StageFailure(FailureKind(stage.options.get("kind", "nan")), "boom")
+        return StageResult(stage=stage.name, target=target.name, rung=stage.rung, ok=True,
+                           metrics=metrics)
+
+    def objectives(self, metrics: Mapping[str, float]) -> list[Objective]:
+        return [Objective("y", "max", metrics.get("y", 0.0))]
