@@ -21,11 +21,12 @@ from typing import Any
 
 from agents.types import BudgetExhausted, FailureInfo, Proposal, ProposalError, Proposer
 from discovery.config import CampaignConfig
+from discovery.fidelity import promotable
 from discovery.hooks import CampaignHooks, NullHooks
 from discovery.policies import ArchiveView, EvaluatedCandidate, Policy
 from discovery.progress import NullReporter, Reporter
 from discovery.runners import EvalJob, JobOutcome, Runner
-from discovery.store import CampaignStore, CompletedEvaluation, QueuedCandidate
+from discovery.store import CampaignStore, CompletedEvaluation, QueuedCandidate, merged_metrics
 from evaluator.types import FailureKind, StageResult, Task, TargetSpec
 from sandbox.api import EvalRequest, SandboxLimits
 
@@ -76,6 +77,9 @@ class CampaignLoop:
         self._stop_reason: str | None = None
         self._background: set[asyncio.Task[Any]] = set()
         self._exhausted: str | None = None  # a budget an agent found spent (BudgetExhausted)
+        # Fidelity ladder: (candidate id, rung) waiting for a slot, and those in flight.
+        self._promotions: list[tuple[int, int]] = []
+        self._promoting: set[tuple[int, int]] = set()
 
     # ------------------------------------------------------------------ set-up / resume
     def _start(self) -> None:
@@ -204,25 +208,63 @@ class CampaignLoop:
                        request=request, limits=self.limits)
 
     def _submit_queued(self) -> None:
-        while self._queue and self.runner.in_flight < self.cfg.runner.max_in_flight:
+        slots = self.cfg.runner.max_in_flight
+        while self._promotions and self.runner.in_flight < slots:  # promotions go first
+            cid, rung = self._promotions.pop(0)
+            job = self._job(self.store.queued_candidate(cid), rung)
+            self.store.mark_attempt(cid, job.attempt)
+            self.runner.submit(job)
+        budget = self.cfg.budget.max_evaluations
+        while (self._queue and self.runner.in_flight < slots
+               and self.store.evaluations_started() < budget):
             cand = self._queue.pop(0)
             job = self._job(cand)
             self.store.mark_running(cand.id, job.attempt)  # committed before submission
             self.runner.submit(job)
             self.reporter.submitted(cand.id, cand.name)
 
+    def _schedule_promotions(self) -> None:
+        """Successive halving: the top fraction of each rung climbs to the next one. The
+        reference seed always climbs first, so higher rungs have something to compare with."""
+        f = self.cfg.fidelity
+        top = min(f.max_rung, self.task.rungs() - 1)
+        ref = self.store.reference_id()
+        for rung in range(top):
+            done_next = self.store.reached_rung(rung + 1) | {c for c, r in self._promoting if r == rung + 1}
+            scores = self.store.rung_scores(rung)
+            chosen = promotable(scores, done_next, f.promote_fraction, f.min_to_promote)
+            if ref is not None and ref in scores and ref not in done_next and chosen:
+                chosen.insert(0, ref)
+            for cid in chosen:
+                self._promotions.append((cid, rung + 1))
+                self._promoting.add((cid, rung + 1))
+                self.reporter.note(f"#{cid} promoted to rung {rung + 1}")
+
     def _handle(self, result: JobOutcome) -> None:
         job = result.job
         if result.outcome is None:  # platform failure: retry a bounded number of times
-            retry = job.attempt <= self.cfg.runner.infra_retries
+            retry = job.attempt - self._first_attempt(job) < self.cfg.runner.infra_retries
             self.store.record_infra_failure(job.candidate_id, job.attempt, result.infra_error or "",
-                                            will_retry=retry)
+                                            will_retry=retry, rung=job.rung)
             self.reporter.note(
                 f"#{job.candidate_id}: infra failure (attempt {job.attempt})"
                 + ("; retrying" if retry else "; giving up")
             )
-            if retry:
+            if retry and job.rung > 0:
+                self._promotions.insert(0, (job.candidate_id, job.rung))
+            elif retry:
                 self._queue.insert(0, self.store.queued_candidate(job.candidate_id))
+            else:
+                self._promoting.discard((job.candidate_id, job.rung))
+            return
+        if job.rung > 0:
+            self._promoting.discard((job.candidate_id, job.rung))
+            done = self.store.write_rung_completion(
+                job.candidate_id, job.attempt, job.rung, result.outcome.results, result.wall_s,
+                self.task.objectives(merged_metrics(result.outcome.results)),
+            )
+            self.reporter.completed(done)
+            self._schedule_promotions()
             return
         completed = self._complete(job, result.outcome.results, result.outcome.log_tail, result.wall_s)
         self.reporter.completed(completed)
@@ -231,6 +273,12 @@ class CampaignLoop:
         else:
             self._observe(completed.as_evaluated())
         self.hooks.after_completion(self, completed)
+        if self.cfg.fidelity.max_rung > 0:
+            self._schedule_promotions()
+
+    def _first_attempt(self, job: EvalJob) -> int:
+        """The attempt number this rung's evaluation started at (attempts count across rungs)."""
+        return self.store.first_attempt_at(job.candidate_id, job.rung, default=job.attempt)
 
     def _complete(self, job: EvalJob, results: Sequence[StageResult], log_tail: str,
                   wall_s: float) -> CompletedEvaluation:
@@ -239,9 +287,7 @@ class CampaignLoop:
         feasible = not any(r.stage in self._constraint_stages for r in failed)
         ran_all = not hard and (not failed or job.request.continue_on_constraint)
         status = "evaluated" if ran_all else "failed"
-        metrics: dict[str, float] = {}
-        for r in results:
-            metrics.update(r.metrics)
+        metrics = merged_metrics(results)
         objectives = self.task.objectives(metrics) if status == "evaluated" else []
         first = failed[0] if failed else None
         return self.store.write_completion(
@@ -260,8 +306,10 @@ class CampaignLoop:
                     self._submit_queued()
                     for _ in range(self._slots_for_new_proposals(len(proposing))):
                         proposing.add(asyncio.ensure_future(self._propose_one()))
-                busy = proposing or self._background or self.runner.in_flight
-                if not busy and (not self._queue or hard is not None):
+                busy = proposing or self._background or self.runner.in_flight or (
+                    self._promotions and hard is None)
+                spent = self.store.evaluations_started() >= self.cfg.budget.max_evaluations
+                if not busy and (not self._queue or hard is not None or spent):
                     self._stop_reason = hard
                     break
                 waiters: set[asyncio.Future[Any]] = set(proposing) | set(self._background)
@@ -296,3 +344,4 @@ class CampaignLoop:
         )
         self.reporter.finish(summary)
         return summary
+

@@ -71,10 +71,23 @@ class CompletedEvaluation:
 
 
 def _metrics_of(cand: Candidate, rung: int | None = None) -> dict[str, float]:
+    """Metrics of the candidate's successful stages: the highest rung wins; within a rung
+    the first stage to report a name wins (the same rule as the loop's completion)."""
     out: dict[str, float] = {}
-    for ev in cand.evaluations:
+    for ev in sorted(cand.evaluations, key=lambda e: (-e.rung, e.id)):
         if ev.ok and (rung is None or ev.rung == rung):
-            out.update(ev.metrics or {})
+            for k, v in (ev.metrics or {}).items():
+                out.setdefault(k, v)
+    return out
+
+
+def merged_metrics(results: Sequence[StageResult]) -> dict[str, float]:
+    """Metrics of one evaluation: the first stage to report a name wins (conformance's
+    `params` is at the task's setting, profile's at its own)."""
+    out: dict[str, float] = {}
+    for r in results:
+        for k, v in r.metrics.items():
+            out.setdefault(k, v)
     return out
 
 
@@ -300,13 +313,20 @@ class CampaignStore:
             c.status = "running"
             c.attempts = attempt
 
-    def record_infra_failure(self, candidate_id: int, attempt: int, error: str, will_retry: bool) -> None:
+    def record_infra_failure(self, candidate_id: int, attempt: int, error: str, will_retry: bool,
+                             rung: int = 0) -> None:
         with self.db.session() as s:
             c = repo.get_candidate(s, candidate_id)
             repo.add_evaluations(
-                s, c.id, [StageResult.failure("infra", FailureKind.INFRA, error, target=self._target())],
+                s, c.id, [StageResult.failure("infra", FailureKind.INFRA, error, target=self._target(),
+                                              rung=rung)],
                 attempt=attempt,
             )
+            if rung > 0:  # a failed promotion leaves the candidate's rung-0 result standing
+                repo.add_event(s, self.campaign_id, "infra_failure", error[:500],
+                               {"candidate": candidate_id, "attempt": attempt, "rung": rung,
+                                "retry": will_retry})
+                return
             if will_retry:
                 c.status = "queued"
             else:
@@ -352,6 +372,88 @@ class CampaignStore:
                 is_seed=c.is_seed, is_reference=c.is_reference, code=c.code, genome=c.genome,
                 motivation=c.motivation, origin=c.origin,
                 parent_ids=tuple(p.id for p in repo.parents_of(s, c.id, ("parent", "crossover", "debug"))),
+            )
+
+    # ------------------------------------------------------------------ fidelity ladder
+    def mark_attempt(self, candidate_id: int, attempt: int) -> None:
+        """A promotion starts: count the attempt, keep the candidate's status."""
+        with self.db.session() as s:
+            repo.require_candidate(s, candidate_id).attempts = attempt
+
+    def reference_id(self) -> int | None:
+        with self.db.read_session() as s:
+            camp = repo.get_campaign(s, self.campaign_id)
+            return camp.reference_candidate_id if camp is not None else None
+
+    def first_attempt_at(self, candidate_id: int, rung: int, default: int) -> int:
+        with self.db.read_session() as s:
+            attempts = [e.attempt for e in repo.evaluations_for(s, candidate_id, rung=rung)]
+        return min(attempts, default=default)
+
+    def reached_rung(self, rung: int) -> set[int]:
+        """Candidates with a non-infra result at ``rung`` (done, whether they passed or not)."""
+        with self.db.read_session() as s:
+            return {e.candidate_id for e in repo.campaign_evaluations(s, self.campaign_id)
+                    if e.rung == rung and e.failure_kind != FailureKind.INFRA.value}
+
+    def rung_scores(self, rung: int) -> dict[int, float]:
+        """Fitness of every feasible candidate at ``rung``, from that rung's metrics only,
+        against the reference's metrics at the same rung (rung 0 when it has none there)."""
+        with self.db.read_session() as s:
+            camp = repo.require_campaign(s, self.campaign_id)
+            ref = repo.get_candidate(s, camp.reference_candidate_id) if camp.reference_candidate_id else None
+            if ref is None:
+                return {}
+            ref_metrics = _metrics_of(ref, rung) or _metrics_of(ref, 0)
+            ref_obj = {o.name: o.value for o in self.task.objectives(ref_metrics)}
+            out: dict[int, float] = {}
+            for c in repo.candidates(s, self.campaign_id, "evaluated"):
+                if not c.feasible and not c.is_reference:
+                    continue
+                m = _metrics_of(c, rung)
+                if not m or not any(e.rung == rung and e.ok for e in c.evaluations):
+                    continue
+                f = self.cfg.fitness
+                fit = fitness_of(self.task.objectives(m), ref_obj, f.weights, f.default_weight, f.scale)
+                if fit is not None:
+                    out[c.id] = fit
+            return out
+
+    def write_rung_completion(self, candidate_id: int, attempt: int, rung: int,
+                              results: Sequence[StageResult], wall_s: float,
+                              objectives: Sequence[Objective]) -> CompletedEvaluation:
+        """A promotion finished: its rows, and (if it passed) the candidate's objectives and
+        fitness at its highest rung. One transaction."""
+        with self.db.session() as s:
+            c = repo.require_candidate(s, candidate_id)
+            repo.add_evaluations(s, c.id, results, attempt=attempt)
+            failure = next((r for r in results if not r.ok), None)
+            if failure is None:
+                c.rung = max(c.rung or 0, rung)
+                c.objectives = {o.name: o.value for o in objectives} or c.objectives
+                camp = repo.require_campaign(s, self.campaign_id)
+                ref = repo.get_candidate(s, camp.reference_candidate_id) if camp.reference_candidate_id else None
+                ref_m = _metrics_of(ref, rung) if ref is not None else {}
+                if ref_m:
+                    f = self.cfg.fitness
+                    ref_obj = {o.name: o.value for o in self.task.objectives(ref_m)}
+                    c.fitness = fitness_of(objectives, ref_obj, f.weights, f.default_weight, f.scale)
+            repo.add_ledger_entry(s, self.campaign_id, "wall_seconds", wall_s, candidate_id=c.id)
+            if self.cfg.targets[0].device == "cuda":
+                repo.add_ledger_entry(s, self.campaign_id, "gpu_seconds", wall_s, candidate_id=c.id)
+            repo.add_event(s, self.campaign_id, "rung_done",
+                           f"#{c.id} rung {rung}: " + ("ok" if failure is None else f"failed {failure.stage}"),
+                           {"candidate": c.id, "rung": rung, "ok": failure is None})
+            s.flush()
+            return CompletedEvaluation(
+                candidate_id=c.id, name=f"{c.name} (rung {rung})", status=c.status,
+                feasible=bool(c.feasible), fitness=c.fitness, metrics=merged_metrics(results),
+                objectives=dict(c.objectives or {}),
+                failure_kind=failure.failure_kind.value if failure and failure.failure_kind else None,
+                failure_stage=failure.stage if failure else None,
+                failure_message=failure.message if failure else None, wall_s=wall_s,
+                is_seed=c.is_seed, is_reference=c.is_reference, code=c.code, genome=c.genome,
+                motivation=c.motivation, parent_ids=(), origin=c.origin,
             )
 
     def _fitness(self, objectives: Sequence[Objective]) -> float | None:

@@ -243,10 +243,11 @@ def _run_postgres(
             conn = raw.dbapi_connection
             assert conn is not None
             conn.rollback()
-            conn.read_only = True  # psycopg: every transaction begins READ ONLY
             cursor = conn.cursor()
-            # A first query fixes the transaction's mode: SET TRANSACTION READ WRITE is refused
-            # after it, whatever the statement below tries.
+            # The driver opens a transaction on the first statement; make it READ ONLY, then
+            # run a query, after which SET TRANSACTION READ WRITE is refused whatever the
+            # user's statement tries.
+            cursor.execute("SET TRANSACTION READ ONLY")
             cursor.execute("SELECT 1")
             cursor.execute(sql)
             columns = [d[0] for d in cursor.description or ()]

@@ -332,6 +332,9 @@ def harden(config: SpawnConfig, workdir: str, private_tmp: bool, report: dict[st
     if config.socket_layer and not report.get("net_namespace"):
         install_socket_refusal()
         report["socket_layer"] = True
+    if syscalls.AVAILABLE:
+        # No core dumps, not even through a core_pattern pipe helper; no same-uid ptrace.
+        syscalls.prctl(syscalls.PR_SET_DUMPABLE, 0)
 
 
 def install_socket_refusal() -> None:

@@ -232,6 +232,11 @@ class Child:
             return True
         return info is not None
 
+    def _await_exit(self, seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline and not self._exited():
+            time.sleep(0.002)
+
     def alive(self) -> bool:
         return self._proc is not None and not self._exited()
 
@@ -250,7 +255,7 @@ class Child:
                     continue
                 data = os.read(self._fds["result"], 1 << 16)
                 if not data:
-                    code = self._finish(kill=True)
+                    code = self._finish(kill=False)
                     self.discard()
                     raise SandboxError(f"the sandbox child exited during setup (code {code}): "
                                        f"{self.tail.text()[-1500:]}")
@@ -285,7 +290,9 @@ class Child:
             os.close(self._fds.pop("request"))
             watch = _Watch(request, limits, start, wall)
             self._watch(watch)
-            code = self._finish(kill=not watch.done)
+            # Kill at once only when the driver decided the child must stop; after EOF or
+            # ``done`` give it a moment to exit on its own, so its real status is reported.
+            code = self._finish(kill=bool(watch.timed_out or watch.tamper))
         except BaseException:
             self.discard()
             raise
@@ -380,14 +387,18 @@ class Child:
             return 0
         if self._status is None:
             if not kill:
-                deadline = time.monotonic() + EXIT_GRACE_S
-                while time.monotonic() < deadline and not self._exited():
-                    time.sleep(0.002)
+                self._await_exit(EXIT_GRACE_S)
+            namespaced = self.report is not None and self.report.mode != "none"
+            if not self._exited() and namespaced and self.uid is not None:
+                # Kill the namespace's processes (all run as the unique uid) first, so that
+                # the monitor outside reaps PID 1 and exits by itself: nothing is orphaned.
+                self._kill_strays()
+                self._await_exit(1.0)
             # The group id stays reserved until the leader is reaped, so this cannot hit a
             # stranger; SIGKILL of the leader (or of PID 1 inside) ends the PID namespace.
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(self._proc.pid, signal.SIGKILL)
-            if self.report is None or self.report.mode == "none":
+            if not namespaced:
                 self._kill_strays()
             try:
                 _, status, usage = os.wait4(self._proc.pid, 0)

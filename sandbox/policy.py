@@ -166,7 +166,7 @@ def check(code: str, task: Task | None = None) -> PolicyViolation | None:
     found = sorted(_Checker(tree, allowed).violations())
     if not found:
         return None
-    line, message = found[0]
+    (line, _), message = found[0]
     return PolicyViolation(FailureKind.POLICY, line, message, more=len(found) - 1)
 
 
@@ -304,11 +304,11 @@ class _Checker:
         return ".".join([self.aliases[chain[0]], *chain[1]])
 
     # ----- pass 2: judge -----
-    def violations(self) -> Iterator[tuple[int, str]]:
+    def violations(self) -> Iterator[tuple[tuple[int, int], str]]:
         for node in ast.walk(self.tree):
-            line = getattr(node, "lineno", 1)
+            where = (getattr(node, "lineno", 1), getattr(node, "end_col_offset", 0) or 0)
             for message in self._judge(node):
-                yield line, message
+                yield where, message
 
     def _judge(self, node: ast.AST) -> Iterable[str]:
         if isinstance(node, ast.Import):
@@ -375,6 +375,9 @@ class _Checker:
                    "cannot be stored, passed or returned as values")
         if name in DENIED_NAMES:
             yield f"`{name}` is not allowed: {DENIED_NAMES[name]}"
+        elif name in _ATTR_GETTERS and id(node) not in self._bases:
+            yield (f"`{name}` must be called directly, as {name}(obj, 'literal_name'); it "
+                   "cannot be stored or passed as a value")
         elif name.startswith("__") and name.endswith("__") and name not in ALLOWED_DUNDER_NAMES:
             yield f"the name `{name}` is not allowed in candidate code"
 

@@ -18,15 +18,19 @@ import time
 from collections.abc import Iterable
 
 
-def _real_uid(pid: str) -> int | None:
+def _live_uid(pid: str) -> int | None:
+    """The real uid of a live process (None for zombies: they hold nothing but a pid)."""
     try:
         with open(f"/proc/{pid}/status", "rb") as fh:
+            uid = None
             for line in fh:
+                if line.startswith(b"State:") and line.split()[1] in (b"Z", b"X"):
+                    return None
                 if line.startswith(b"Uid:"):
-                    return int(line.split()[1])
+                    uid = int(line.split()[1])
+            return uid
     except (OSError, ValueError, IndexError):
         return None
-    return None
 
 
 def _has_marker(pid: str, marker: bytes) -> bool:
@@ -38,7 +42,7 @@ def _has_marker(pid: str, marker: bytes) -> bool:
 
 
 def find_strays(*, uid: int | None, marker: str | None) -> list[int]:
-    """Processes running as ``uid`` or carrying ``marker`` in their environment."""
+    """Live processes running as ``uid`` or carrying ``marker`` in their environment."""
     me = os.getpid()
     needle = marker.encode() if marker else None
     found: list[int] = []
@@ -49,7 +53,10 @@ def find_strays(*, uid: int | None, marker: str | None) -> list[int]:
     for pid in pids:
         if int(pid) == me:
             continue
-        if (uid is not None and _real_uid(pid) == uid) or (
+        live_uid = _live_uid(pid)
+        if live_uid is None:
+            continue
+        if (uid is not None and live_uid == uid) or (
                 needle is not None and _has_marker(pid, needle)):
             found.append(int(pid))
     return found

@@ -3,9 +3,11 @@
 Order of events (nothing from the candidate is read before isolation is complete):
 1. close every inherited fd but stdio and the two pipes; move the result pipe to a high fd,
    close-on-exec; read the ``SpawnConfig`` line (HMAC key, isolation settings);
-2. isolate (``sandbox.isolation``): namespaces (forking so the harness is PID 1 of its PID
-   namespace, while the first process stays outside as a monitor that mirrors its exit
-   status), private read-only file system, unique uid, no_new_privs, seccomp, Landlock;
+2. isolate (``sandbox.isolation``): namespaces, private read-only file system, unique uid,
+   no_new_privs, seccomp, Landlock. With a PID namespace there are three processes: the
+   first stays outside as a monitor, PID 1 inside only waits, the harness is PID 2; the
+   harness's wait status travels back over a pipe and the monitor exits the same way (same
+   signal or code), so the driver reads the real exit cause from its own ``wait4``;
 3. import torch and the other preloads, bind the harness's own references, take the module
    snapshot, send a signed ``ready`` frame (a warm pool child waits here);
 4. read the ``LaunchRequest`` line, close the request pipe, apply the rlimits, set torch's
@@ -17,9 +19,12 @@ nonzero exit before ``ready``), which the driver raises as ``SandboxError`` (kin
 from __future__ import annotations
 
 import argparse
+import contextlib
 import fcntl
 import os
+import resource
 import signal
+import struct
 import sys
 import traceback
 from collections.abc import Callable
@@ -94,38 +99,69 @@ def make_emitter(key: bytes, fd: int) -> Callable[[BaseModel], None]:
     return emit
 
 
-def _monitor(child: int) -> None:
-    """The first process, outside the PID namespace: wait, then exit like the harness did."""
-    while True:
-        try:
-            _, status = os.waitpid(child, 0)
-            break
-        except InterruptedError:
-            continue
-        except ChildProcessError:
-            os._exit(EXIT_SETUP_FAILED)
+def _mirror(status: int) -> None:
+    """Exit the way a waited-for process did: by the same signal (without a core dump), or
+    with the same code."""
     if os.WIFSIGNALED(status):
         sig = os.WTERMSIG(status)
-        try:
+        with contextlib.suppress(OSError, ValueError):
+            resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+            if syscalls.AVAILABLE:
+                syscalls.prctl(syscalls.PR_SET_DUMPABLE, 0)
             signal.signal(sig, signal.SIG_DFL)
             os.kill(os.getpid(), sig)
-        except (OSError, ValueError):
-            pass
         os._exit(128 + sig)
     os._exit(os.waitstatus_to_exitcode(status) & 0xFF)
+
+
+def _wait(pid: int) -> int:
+    while True:
+        try:
+            return os.waitpid(pid, 0)[1]
+        except InterruptedError:
+            continue
+
+
+def _outer_monitor(init: int, status_r: int) -> None:
+    """The first process, outside the PID namespace: relay the harness's wait status (sent by
+    the namespace's init over a pipe) so the driver sees the real exit cause."""
+    data = b""
+    while len(data) < 4:
+        try:
+            chunk = os.read(status_r, 4 - len(data))
+        except InterruptedError:
+            continue
+        if not chunk:
+            break
+        data += chunk
+    init_status = _wait(init)
+    _mirror(struct.unpack("i", data)[0] if len(data) == 4 else init_status)
+
+
+def _init_monitor(harness: int, status_w: int) -> None:
+    """PID 1 of the namespace: wait for the harness, report its status, exit (which makes the
+    kernel kill whatever else is left in the namespace)."""
+    status = _wait(harness)
+    with contextlib.suppress(OSError):
+        os.write(status_w, struct.pack("i", status))
+    os._exit(0)
 
 
 def _isolate(spawn: SpawnConfig, request_fd: int, result_fd: int) -> tuple[str, dict, list[str]]:
     notes: list[str] = []
     fields: dict[str, object] = {}
     mode = isolation.enter_namespaces(spawn, notes)
+    status_w = -1
     if mode != "none":
         fields.update(pid_namespace=True, net_namespace=True, mount_namespace=True)
-        child = os.fork()
-        if child:
+        status_r, status_w = os.pipe()
+        init = os.fork()  # becomes PID 1 of the new PID namespace
+        if init:
+            os.close(status_w)
             os.close(request_fd)
             os.close(result_fd)
-            _monitor(child)
+            _outer_monitor(init, status_r)
+        os.close(status_r)
     owner = spawn.uid if (os.geteuid() == 0 and spawn.uid is not None) else os.geteuid()
     if mode == "none" and os.geteuid() == 0 and any(
             isolation.blocked_ancestor(p) for p in spawn.read_paths):
@@ -142,6 +178,17 @@ def _isolate(spawn: SpawnConfig, request_fd: int, result_fd: int) -> tuple[str, 
     os.environ["TMPDIR"] = isolation.SANDBOX_TMP if mode != "none" else workdir
     fields["workdir"] = workdir
     isolation.harden(spawn, workdir, mode != "none", fields, notes)
+    if mode != "none":
+        # The harness runs as an ordinary process (PID 2) under an init that only waits, so
+        # signals and rlimits (SIGXCPU) act on it normally; init's exit ends the namespace.
+        harness = os.fork()
+        if harness:
+            os.close(request_fd)
+            os.close(result_fd)
+            _init_monitor(harness, status_w)
+        os.close(status_w)
+        if syscalls.AVAILABLE:
+            syscalls.prctl(syscalls.PR_SET_PDEATHSIG, signal.SIGKILL)
     return mode, fields, notes
 
 

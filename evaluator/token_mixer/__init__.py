@@ -73,9 +73,9 @@ Rules, all measured (nothing is judged by reading the code):
   under-state what step keeps.
 - Imports: only {imports}. No I/O, no network, no subprocesses.
 
-Scored by: MQAR associative recall accuracy (higher is better), language-modelling validation
-loss (lower), training throughput in tokens/s (higher) and parameter count (lower), measured
-in a small fixed model around your mixer.
+Scored by: MQAR associative recall accuracy (higher is better) and language-modelling
+validation loss (lower), both trained in a small fixed model around your mixer, and the
+mixer's own training throughput in tokens/s (higher) and parameter count (lower).
 """
 
 
@@ -120,7 +120,8 @@ def _option_error(exc: ValidationError, data: Mapping[str, Any], prefix: str = "
     err = exc.errors()[0]
     loc = ".".join(str(p) for p in err["loc"])
     if not loc:  # a check across several keys
-        return f"token-mixer options{' ' + prefix.rstrip('.') if prefix else ''}: {err['msg'].removeprefix('Value error, ')}"
+        where = f" {prefix.rstrip('.')}" if prefix else ""
+        return f"token-mixer options{where}: {err['msg'].removeprefix('Value error, ')}"
     key = f"{prefix}{loc}" if loc else prefix.rstrip(".") or "options"
     if err["type"] == "extra_forbidden":
         return f"token-mixer option {key!r} is unknown; allowed: {', '.join(_allowed(prefix))}"
@@ -219,8 +220,10 @@ class TokenMixerTask:
                 StageSpec(name="recurrent", rung=0, timeout_s=60, device="any", options=dims),
                 StageSpec(name="complexity", rung=0, timeout_s=60, device="cpu", constraint=True,
                           options={**dims, "bound": o.complexity_bound}),
-                StageSpec(name="mqar", rung=0, timeout_s=120, device="cpu", options=proxy("mqar", "rung0")),
-                StageSpec(name="profile", rung=0, timeout_s=60, device="cpu", options=proxy("profile", "rung0")),
+                StageSpec(name="mqar", rung=0, timeout_s=120, device="cpu",
+                          options=proxy("mqar", "rung0")),
+                StageSpec(name="profile", rung=0, timeout_s=60, device="cpu",
+                          options=proxy("profile", "rung0")),
             ]
         if rung in (1, 2):
             factor = 1.0 if rung == 1 else o.rung2_step_factor  # timeouts grow with the steps
@@ -285,32 +288,32 @@ def _run(stage: StageSpec, program: Program, target: TargetSpec) -> dict[str, fl
     device = torch.device("cuda" if device_type == "cuda" else "cpu")
     dtype = resolve_dtype(target.dtype)
     make_mixer = program.module.Mixer
-    seed = program.seed
-    name = stage.name
+    args = (device, dtype, program.seed)
+    name, opts = stage.name, stage.options
     if name == "conformance":
         from evaluator.token_mixer.checks import ConformanceOptions, run_conformance
-        return run_conformance(make_mixer, ConformanceOptions(**stage.options), device, dtype, seed)
+        return run_conformance(make_mixer, ConformanceOptions(**opts), *args)
     if name == "causality":
         from evaluator.token_mixer.causality import CausalityOptions, run_causality
-        return run_causality(make_mixer, CausalityOptions(**stage.options), device, dtype, seed)
+        return run_causality(make_mixer, CausalityOptions(**opts), *args)
     if name == "recurrent":
         from evaluator.token_mixer.checks import RecurrentOptions, run_recurrent
-        return run_recurrent(make_mixer, RecurrentOptions(**stage.options), device, dtype, seed)
+        return run_recurrent(make_mixer, RecurrentOptions(**opts), *args)
     if name == "complexity":
         from evaluator.token_mixer.complexity import ComplexityOptions, run_complexity
-        return run_complexity(make_mixer, ComplexityOptions(**stage.options), device, dtype, seed)
-    spec = ProxyPreset(**stage.options)
+        return run_complexity(make_mixer, ComplexityOptions(**opts), *args)
+    if name in ("mqar", "lm", "profile"):
+        proxy = resolve_proxy_options(name, ProxyPreset(**opts), device_type)
     if name == "mqar":
         from evaluator.token_mixer.mqar import run_mqar
-        return run_mqar(make_mixer, resolve_proxy_options("mqar", spec, device_type), device, dtype, seed)  # type: ignore[arg-type]
+        return run_mqar(make_mixer, proxy, *args)  # type: ignore[arg-type]
     if name == "lm":
         from evaluator.token_mixer.lm import run_lm
-        return run_lm(make_mixer, resolve_proxy_options("lm", spec, device_type), device, dtype, seed)  # type: ignore[arg-type]
+        return run_lm(make_mixer, proxy, *args)  # type: ignore[arg-type]
     if name == "profile":  # timed side by side with the reference seed, for ratios
         from evaluator.token_mixer.profile import run_profile
         reference = _seed_mixer(TokenMixerTask.reference_seed)
-        return run_profile(make_mixer, resolve_proxy_options("profile", spec, device_type),  # type: ignore[arg-type]
-                           device, dtype, seed, reference_make_mixer=reference)
+        return run_profile(make_mixer, proxy, *args, reference_make_mixer=reference)  # type: ignore[arg-type]
     raise ValueError(f"token-mixer has no stage {name!r}")
 
 
@@ -347,9 +350,11 @@ def check_mixer_interface(module: Any) -> str | None:
     required = [p.name for p in params[2:]
                 if p.default is p.empty and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)]
     if required:
-        return f"`Mixer.__init__` arguments {', '.join(required)} need defaults: only hidden_size and num_heads are passed"
+        return (f"`Mixer.__init__` arguments {', '.join(required)} need defaults: only "
+                "hidden_size and num_heads are passed")
     if getattr(cls, "forward", None) is getattr(nn.Module, "forward", None):
         return "`Mixer` must define forward(self, x)"
+    shapes = {"forward": "(self, x)", "step": "(self, x_t, state)", "state_size": "(self, seq_len)"}
     for method, arity in (("forward", 1), ("step", 2), ("state_size", 1)):
         fn = getattr(cls, method, None)
         if fn is None:
@@ -359,8 +364,7 @@ def check_mixer_interface(module: Any) -> str | None:
         try:
             inspect.signature(fn).bind(None, *([None] * arity))
         except TypeError:
-            want = {"forward": "(self, x)", "step": "(self, x_t, state)", "state_size": "(self, seq_len)"}[method]
-            return f"`Mixer.{method}` must be callable as {method}{want}"
+            return f"`Mixer.{method}` must be callable as {method}{shapes[method]}"
         except ValueError:
             continue
     return None

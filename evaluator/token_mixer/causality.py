@@ -21,7 +21,8 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from evaluator.token_mixer.checks import (
-    MixerFactory, build_mixer, candidate_call, dtype_name, forward, rel_error, tolerance,
+    MixerFactory, build_mixer, candidate_call, dtype_name, forward, rel_error, strict_float32,
+    tolerance,
 )
 from evaluator.types import FailureKind, StageFailure
 
@@ -58,9 +59,10 @@ def run_causality(make_mixer: MixerFactory, options: CausalityOptions, device: t
     precisions = [dtype]
     if dtype != torch.float32 and options.include_float32:
         precisions.insert(0, torch.float32)
-    for precision in precisions:
-        suffix = "" if precision == torch.float32 else f"_{dtype_name(precision)}"
-        _check_one_precision(module, options, device, precision, seed, suffix, metrics)
+    with strict_float32():
+        for precision in precisions:
+            suffix = "" if precision == torch.float32 else f"_{dtype_name(precision)}"
+            _check_one_precision(module, options, device, precision, seed, suffix, metrics)
     return metrics
 
 

@@ -68,6 +68,18 @@ def candidate_call(what: str) -> Iterator[None]:
         raise StageFailure(FailureKind.RUNTIME, f"{what} raised {type(exc).__name__}: {exc}") from exc
 
 
+@contextlib.contextmanager
+def strict_float32() -> Iterator[None]:
+    """Float32 means float32 during the checks: no TF32 tensor-core matmuls or convolutions on
+    CUDA (the harness, not the candidate, owns these global switches)."""
+    matmul, cudnn = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = matmul, cudnn
+
+
 def build_mixer(make_mixer: MixerFactory, hidden_size: int, num_heads: int,
                 device: torch.device, seed: int) -> nn.Module:
     """Instantiate the candidate with a fixed seed, float32 parameters, on ``device``, train mode."""
@@ -75,8 +87,8 @@ def build_mixer(make_mixer: MixerFactory, hidden_size: int, num_heads: int,
     with candidate_call(f"Mixer({hidden_size}, {num_heads})"):
         module = make_mixer(hidden_size, num_heads)
     if not isinstance(module, nn.Module):
-        raise StageFailure(FailureKind.INTERFACE,
-                           f"Mixer({hidden_size}, {num_heads}) returned {type(module).__name__}, not an nn.Module")
+        raise StageFailure(FailureKind.INTERFACE, f"Mixer({hidden_size}, {num_heads}) returned "
+                           f"{type(module).__name__}, not an nn.Module")
     with candidate_call("moving the mixer to the device"):
         module = module.to(device=device, dtype=torch.float32)
     return module.train()
@@ -89,13 +101,14 @@ def forward(module: nn.Module, x: torch.Tensor, dtype: torch.dtype, seed: int, w
     with candidate_call(f"forward at {what} (B={b}, T={t})"), autocast_context(x.device, dtype):
         y = module(x)
     if not isinstance(y, torch.Tensor):
-        raise StageFailure(FailureKind.CONFORMANCE,
-                           f"forward returned {type(y).__name__} for B={b}, T={t}; expected a tensor (B, T, D)")
+        raise StageFailure(FailureKind.CONFORMANCE, f"forward returned {type(y).__name__} for "
+                           f"B={b}, T={t}; expected a tensor (B, T, D)")
     if tuple(y.shape) != (b, t, d):
-        raise StageFailure(FailureKind.CONFORMANCE,
-                           f"forward returned shape {tuple(y.shape)} for input (B={b}, T={t}, D={d}); expected the input shape")
+        raise StageFailure(FailureKind.CONFORMANCE, f"forward returned shape {tuple(y.shape)} for "
+                           f"input (B={b}, T={t}, D={d}); expected the input shape")
     if not y.is_floating_point():
-        raise StageFailure(FailureKind.CONFORMANCE, f"forward returned dtype {y.dtype}; expected floating point")
+        raise StageFailure(FailureKind.CONFORMANCE,
+                           f"forward returned dtype {y.dtype}; expected floating point")
     return y
 
 
@@ -147,6 +160,12 @@ class ConformanceOptions(BaseModel):
 def run_conformance(make_mixer: MixerFactory, options: ConformanceOptions, device: torch.device,
                     dtype: torch.dtype, seed: int) -> dict[str, float]:
     """Shapes, gradients, finiteness, batch independence, parameter budget and precision."""
+    with strict_float32():
+        return _conformance(make_mixer, options, device, dtype, seed)
+
+
+def _conformance(make_mixer: MixerFactory, options: ConformanceOptions, device: torch.device,
+                 dtype: torch.dtype, seed: int) -> dict[str, float]:
     o = options
     module = build_mixer(make_mixer, o.hidden_size, o.num_heads, device, seed)
     params = sum(p.numel() for p in module.parameters())
@@ -168,14 +187,15 @@ def run_conformance(make_mixer: MixerFactory, options: ConformanceOptions, devic
         with scan:
             y = forward(module, x, dtype, seed, "conformance")
         if dtype == torch.float32 and y.dtype != torch.float32:
-            raise StageFailure(FailureKind.CONFORMANCE,
-                               f"declared precision float32, but forward returned {dtype_name(y.dtype)}", metrics)
+            raise StageFailure(FailureKind.CONFORMANCE, "declared precision float32, but forward "
+                               f"returned {dtype_name(y.dtype)}", metrics)
         require_finite(y, f"forward output (B={b}, T={t})")
         cotangent = torch.randn(y.shape, generator=gen).to(device=device, dtype=y.dtype)
         with candidate_call(f"backward (B={b}, T={t})"), scan:
             (y * cotangent).sum().backward()
         if x.grad is None:
-            raise StageFailure(FailureKind.CONFORMANCE, "the output does not depend on the input (no input gradient)")
+            raise StageFailure(FailureKind.CONFORMANCE,
+                               "the output does not depend on the input (no input gradient)")
         require_finite(x.grad, f"input gradient (B={b}, T={t})")
         for name, p in trainable:
             if p.grad is None:
@@ -279,6 +299,12 @@ def run_recurrent(make_mixer: MixerFactory, options: RecurrentOptions, device: t
     """``step`` token by token must reproduce ``forward`` (float32), and ``state_size`` must not
     under-declare the state the decoder really keeps. Mixers without ``step`` pass with
     ``has_step = 0``."""
+    with strict_float32():
+        return _recurrent(make_mixer, options, device, seed)
+
+
+def _recurrent(make_mixer: MixerFactory, options: RecurrentOptions, device: torch.device,
+               seed: int) -> dict[str, float]:
     o = options
     module = build_mixer(make_mixer, o.hidden_size, o.num_heads, device, seed)
     metrics: dict[str, float] = {"has_step": 0.0}

@@ -147,7 +147,7 @@ class MixerLM(nn.Module):
             None if config.tie_embeddings
             else nn.Linear(config.d_model, config.vocab_size, bias=False)
         )
-        nn.init.normal_(self.embed.weight, std=0.02)
+        nn.init.normal_(self.embed.weight, std=config.d_model ** -0.5)
         if self.pos is not None:
             nn.init.normal_(self.pos.weight, std=0.02)
         if self.head is not None:

@@ -87,8 +87,8 @@ class MQAROptions(BaseModel):
     token_shift: bool = True
     # optimisation
     batch_size: int = Field(default=16, gt=0)
-    steps: int = Field(default=500, gt=0)
-    lrs: tuple[float, ...] = (3e-3, 1e-2)
+    steps: int = Field(default=400, gt=0)
+    lrs: tuple[float, ...] = (1e-2, 3e-3)
     weight_decay: float = Field(default=0.1, ge=0.0)
     betas: tuple[float, float] = (0.9, 0.98)
     warmup_frac: float = Field(default=0.1, ge=0.0, lt=1.0)

@@ -20,8 +20,9 @@ from tests.discovery.toy import InProcessRunner, ToyProposer
 TOY = "tests.discovery.toy:ToyTask"
 
 
-def make(tmp_path, proposer=None, runner=None, **budget):
+def make(tmp_path, proposer=None, runner=None, fidelity=None, **budget):
     cfg = parse_config({
+        "fidelity": fidelity or {},
         "name": "toy", "task": {"name": TOY},
         "budget": {"max_evaluations": budget.get("n", 12)},
         "runner": {"kind": "inline", "max_in_flight": 2, "infra_retries": 1},
@@ -122,3 +123,35 @@ def test_resume_requeues_interrupted_and_finishes_without_repeats(tmp_path):
         events = [e.kind for e in repo.events(s, "toy")]
         assert "resumed" in events
     db2.close()
+
+
+def test_budget_applies_to_seeds_too(tmp_path):
+    loop, db = make(tmp_path, n=2)
+    summary = asyncio.run(loop.run())
+    assert summary.stop_reason.startswith("max_evaluations")
+    with db.read_session() as s:
+        counts = repo.count_by_status(s, "toy")
+    assert counts.get("evaluated", 0) + counts.get("failed", 0) == 2
+    assert counts.get("queued") == 1  # left for a resume with a larger budget
+    db.close()
+
+
+def test_fidelity_ladder_promotes_top_fraction_and_reports_rank_correlation(tmp_path):
+    from discovery.fidelity import rung_correlations
+
+    loop, db = make(tmp_path, n=12, fidelity={"max_rung": 1, "promote_fraction": 0.5, "min_to_promote": 2})
+    asyncio.run(loop.run())
+    with db.read_session() as s:
+        evs = repo.campaign_evaluations(s, "toy")
+        rung1 = {e.candidate_id for e in evs if e.rung == 1}
+        rung0 = {e.candidate_id for e in evs if e.rung == 0 and e.stage == "score" and e.ok}
+        camp = repo.get_campaign(s, "toy")
+        assert camp.reference_candidate_id in rung1  # the reference always climbs
+        assert 3 <= len(rung1) < len(rung0)  # only the top fraction climbs
+        promoted = [repo.get_candidate(s, cid) for cid in rung1]
+        assert all(c.rung == 1 for c in promoted)
+        huge = next(c for c in repo.candidates(s, "toy") if c.name == "huge")
+        assert huge.id not in rung1  # infeasible: never promoted
+        corr = rung_correlations(evs, metrics=("value",))
+    assert corr["rung0->rung1:value"]["spearman"] == pytest.approx(1.0)
+    db.close()

@@ -38,9 +38,11 @@ class ToyTask:
         ]
 
     def rungs(self) -> int:
-        return 1
+        return 2
 
     def stages(self, rung: int) -> list[StageSpec]:
+        if rung == 1:  # a "more expensive" rung whose ranking agrees with rung 0
+            return [StageSpec(name="score", rung=1)]
         return [StageSpec(name="bound", constraint=True), StageSpec(name="score")]
 
     def check_interface(self, module) -> str | None:
@@ -52,7 +54,9 @@ class ToyTask:
             raise StageFailure(FailureKind.RUNTIME, "crashed on purpose")
         if stage.name == "bound" and value > self.limit:
             raise StageFailure(FailureKind.COMPLEXITY, f"VALUE {value} > {self.limit}")
-        return StageResult(stage=stage.name, target=target.name, ok=True, metrics={"value": value})
+        scale = 2.0 if stage.rung == 1 else 1.0
+        return StageResult(stage=stage.name, target=target.name, rung=stage.rung, ok=True,
+                           metrics={"value": value * scale})
 
     def objectives(self, metrics: Mapping[str, float]) -> list[Objective]:
         return [Objective("value", "max", metrics["value"])] if "value" in metrics else []

@@ -7,6 +7,8 @@ Stages (options in ``StageSpec.options``):
 - ``forward``: call ``forward(options["x"])`` (default 3) and report ``y`` when it is a number;
 - ``xent``: cross-entropy, through ``torch.nn.functional``, of fixed logits (the model plays
   no part): a candidate that rewires ``cross_entropy`` changes what this stage measures;
+- ``mixer``: builds ``Mixer(hidden_size=32, num_heads=4)`` (a token-mixer seed) and runs
+  forward and backward once;
 - ``constraint``: fails with kind ``complexity`` when ``options["fail"]`` is true;
 - ``boom``: raises ``StageFailure(options["kind"])`` so tests can check kinds pass through.
 """
@@ -51,8 +53,9 @@ class FakeTask:
         return [StageSpec(name="build", timeout_s=5), StageSpec(name="forward", timeout_s=5)]
 
     def check_interface(self, module: Any) -> str | None:
-        if not isinstance(getattr(module, "Model", None), type):
-            return "the module must define class Model"
+        wanted = self.options.get("interface", "Model")
+        if not isinstance(getattr(module, wanted, None), type):
+            return f"the module must define class {wanted}"
         return None
 
     def run_stage(self, program: Program, stage: StageSpec, target: TargetSpec) -> StageResult:
@@ -75,6 +78,16 @@ class FakeTask:
             logits = torch.tensor([[2.0, 0.5, -1.0], [0.1, 0.2, 3.0]])
             target_idx = torch.tensor([1, 0])
             metrics["loss"] = float(F.cross_entropy(logits, target_idx))
+        elif kind == "mixer":  # a token-mixer seed: forward + backward on random input
+            import torch
+
+            layer = program.module.Mixer(hidden_size=32, num_heads=4)
+            x = torch.randn(2, 16, 32, requires_grad=True)
+            y = layer(x)
+            y.square().mean().backward()
+            if y.shape != x.shape or not bool(torch.isfinite(x.grad).all()):
+                raise StageFailure(FailureKind.CONFORMANCE, f"bad output {tuple(y.shape)}")
+            metrics["params"] = float(sum(p.numel() for p in layer.parameters()))
         elif kind == "constraint":
             if stage.options.get("fail"):
                 raise StageFailure(FailureKind.COMPLEXITY, "constraint violated", {"exponent": 2.0})

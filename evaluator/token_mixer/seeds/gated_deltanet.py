@@ -86,7 +86,8 @@ class Mixer(nn.Module):
         to_end = (cum[..., -1:] - cum).exp()[..., None]  # Gamma_C / Gamma_j
         # the UT transform, in float32 (triangular solves have no bfloat16 kernels)
         kf, vf, bf = k.float(), v.float(), beta.float()[..., None]
-        a = torch.eye(c, device=x.device) + ((bf * kf) @ kf.transpose(-1, -2) * decay).masked_fill(~strict, 0.0)
+        kk = (bf * kf) @ kf.transpose(-1, -2) * decay  # beta_i (k_i . k_j) Gamma_i / Gamma_j
+        a = torch.eye(c, device=x.device) + kk.masked_fill(~strict, 0.0)
         w = torch.linalg.solve_triangular(a, bf * gamma * kf, upper=False, unitriangular=True)
         u = torch.linalg.solve_triangular(a, bf * vf, upper=False, unitriangular=True)
         w, u = w.to(q.dtype), u.to(q.dtype)

@@ -35,7 +35,8 @@ class Mixer(nn.Module):
         super().__init__()
         inner = expand * hidden_size
         if inner % num_heads:
-            raise ValueError(f"{expand} * hidden_size {hidden_size} is not divisible by num_heads {num_heads}")
+            raise ValueError(f"{expand} * hidden_size {hidden_size} is not divisible by "
+                             f"num_heads {num_heads}")
         self.num_heads = num_heads
         self.head_dim = inner // num_heads  # P
         self.state_dim = state_dim or max(hidden_size // num_heads, 1)  # N

@@ -1,0 +1,154 @@
+"""MQAR recall proxy: the generator follows Zoology's layout, and the training loop separates a
+mixer that can recall (causal softmax attention) from one that cannot see other tokens."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from pydantic import ValidationError
+from torch import nn
+
+from evaluator.token_mixer.mqar import (
+    IGNORE_INDEX, MQAROptions, _distinct_ints, generate_mqar, run_mqar,
+)
+from evaluator.types import FailureKind, StageFailure
+
+CPU = torch.device("cpu")
+
+
+class SoftmaxAttention(nn.Module):
+    """Plain causal softmax attention (no positions of its own)."""
+
+    def __init__(self, hidden_size: int, num_heads: int):
+        super().__init__()
+        self.h = num_heads
+        self.qkv = nn.Linear(hidden_size, 3 * hidden_size, bias=False)
+        self.out = nn.Linear(hidden_size, hidden_size, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, t, d = x.shape
+        q, k, v = self.qkv(x).view(b, t, 3, self.h, d // self.h).permute(2, 0, 3, 1, 4)
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        return self.out(y.transpose(1, 2).reshape(b, t, d))
+
+
+class TokenWise(nn.Module):
+    """Sees only its own token: cannot recall anything."""
+
+    def __init__(self, hidden_size: int, num_heads: int):
+        super().__init__()
+        self.proj = nn.Linear(hidden_size, hidden_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(x)
+
+
+class Exploding(nn.Module):
+    def __init__(self, hidden_size: int, num_heads: int):
+        super().__init__()
+        self.w = nn.Parameter(torch.ones(hidden_size))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.w * float("nan")
+
+
+def test_generator_layout_matches_zoology() -> None:
+    n, t, k, v = 64, 64, 8, 128
+    data = generate_mqar(n, t, k, v, seed=3)
+    x, y = data.inputs, data.labels
+    assert x.shape == y.shape == (n, t)
+    keys, values = x[:, 0:2 * k:2], x[:, 1:2 * k:2]
+    assert ((keys >= 1) & (keys < v // 2)).all()  # keys: lower half, never 0
+    assert ((values >= v // 2) & (values < v)).all()  # values: upper half
+    for row in range(n):
+        assert len(set(keys[row].tolist())) == k and len(set(values[row].tolist())) == k
+    # exactly k labelled positions per row, each after the pairs at an even offset
+    labelled = y != IGNORE_INDEX
+    assert (labelled.sum(dim=1) == k).all()
+    assert not labelled[:, :2 * k].any()
+    pos = data.query_pos
+    assert ((pos - 2 * k) % 2 == 0).all() and (pos < t).all()
+    assert torch.equal(labelled.nonzero()[:, 1].view(n, k), pos)
+    # the token at a query position is a key of the row, its label the value bound to it
+    for row in range(n):
+        bound = dict(zip(keys[row].tolist(), values[row].tolist()))
+        for p in pos[row].tolist():
+            assert bound[int(x[row, p])] == int(y[row, p])
+    assert torch.equal(data.query_val, y.gather(1, pos))
+    # non-query positions after the pairs hold random tokens from the whole vocabulary
+    filler = ~labelled
+    filler[:, :2 * k] = False
+    assert x[filler].min() >= 0 and x[filler].max() < v and x[filler].unique().numel() > v // 2
+
+
+def test_generator_is_deterministic_and_power_law() -> None:
+    a = generate_mqar(256, 64, 4, 128, seed=7)
+    b = generate_mqar(256, 64, 4, 128, seed=7)
+    c = generate_mqar(256, 64, 4, 128, seed=8)
+    assert torch.equal(a.inputs, b.inputs) and torch.equal(a.labels, b.labels)
+    assert not torch.equal(a.inputs, c.inputs)
+    # power law (a = 0.01): gaps concentrate near the key-value pairs, far more than uniform
+    gaps = (a.query_pos - 8) // 2  # slot index in [0, 28)
+    uniform_mean = (28 - 1) / 2
+    assert gaps.float().mean() < 0.75 * uniform_mean
+    no_noise = generate_mqar(8, 64, 4, 128, seed=7, random_non_queries=False)
+    assert (no_noise.inputs[:, 8:][no_noise.labels[:, 8:] == IGNORE_INDEX] == 0).all()
+
+
+@pytest.mark.parametrize("m", [9, 1000])  # dense (top-k of scores) and sparse (rejection) paths
+def test_distinct_ints(m: int) -> None:
+    gen = torch.Generator().manual_seed(0)
+    out = _distinct_ints(500, 8, 5, 5 + m, gen)
+    assert out.min() >= 5 and out.max() < 5 + m
+    assert all(len(set(r)) == 8 for r in out.tolist())
+
+
+def test_options_validate_and_round_trip() -> None:
+    o = MQAROptions(settings=[[128, 16], {"seq_len": 64, "num_kv_pairs": 4}], vocab_size=256)
+    assert [s.tag for s in o.settings] == ["T128_kv16", "T64_kv4"]
+    assert MQAROptions(**o.model_dump()) == o  # the task rebuilds options from a dump
+    with pytest.raises(ValidationError, match="extra"):
+        MQAROptions(stepz=3)
+    with pytest.raises(ValidationError, match="seq_len >= 64"):
+        MQAROptions(settings=[[32, 16]])
+    with pytest.raises(ValidationError, match="must exceed seq_len"):
+        MQAROptions(settings=[[256, 16]], vocab_size=128)
+    gpu, cpu = MQAROptions.rung1(), MQAROptions.cpu_fallback()
+    assert any(s.seq_len == 256 and s.num_kv_pairs == 16 for s in gpu.settings)
+    assert gpu.batch_size == 256 and gpu.steps >= 2000 and len(gpu.lrs) >= 3
+    assert cpu.reduced and not gpu.reduced
+    assert MQAROptions.rung1(steps=10).steps == 10
+
+
+def test_softmax_attention_learns_recall_and_tokenwise_does_not() -> None:
+    metrics = run_mqar(SoftmaxAttention, MQAROptions(), CPU, torch.float32, seed=0)
+    assert metrics["mqar_acc"] >= 0.9, metrics
+    assert metrics["mqar_acc_T64_kv8"] == metrics["mqar_acc"]
+    assert metrics["mqar_best_lr_T64_kv8"] in MQAROptions().lrs
+    assert metrics["mqar_steps"] > 0 and metrics["mqar_step_ms"] > 0
+    assert metrics["mqar_train_s"] > 0 and metrics["mqar_reduced"] == 0.0
+    # the same budget cannot teach a mixer that never looks at other tokens: it can at best
+    # guess among the 8 values in the sequence (accuracy 1/8)
+    short = MQAROptions(steps=150, lrs=(1e-2,))
+    blind = run_mqar(TokenWise, short, CPU, torch.float32, seed=0)
+    assert blind["mqar_acc"] < 0.2, blind
+
+
+def test_deterministic_per_seed_and_bfloat16_runs() -> None:
+    tiny = MQAROptions(steps=40, lrs=(3e-3,), eval_batches=2, check_every=10)
+    a = run_mqar(TokenWise, tiny, CPU, torch.float32, seed=1)
+    b = run_mqar(TokenWise, tiny, CPU, torch.float32, seed=1)
+    assert a["mqar_acc"] == b["mqar_acc"]
+    bf = run_mqar(SoftmaxAttention, tiny, CPU, torch.bfloat16, seed=1)
+    assert math.isfinite(bf["mqar_acc"]) and 0.0 <= bf["mqar_acc"] <= 1.0
+
+
+def test_nonfinite_at_every_lr_is_a_nan_failure() -> None:
+    tiny = MQAROptions(steps=20, lrs=(1e-3, 1e-2), eval_batches=1, check_every=10)
+    with pytest.raises(StageFailure) as info:
+        run_mqar(Exploding, tiny, CPU, torch.float32, seed=0)
+    assert info.value.kind is FailureKind.NAN
+    assert "T64_kv8" in info.value.message
