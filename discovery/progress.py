@@ -49,7 +49,7 @@ class ConsoleReporter:
     def __init__(self, console: Any | None = None, total: int | None = None) -> None:
         from rich.console import Console
 
-        self.console = console or Console(stderr=True, highlight=False)
+        self.console = console or Console(stderr=True, highlight=False, soft_wrap=True)
         self.total = total
         self.done = 0
         self._t0 = time.monotonic()

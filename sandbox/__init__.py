@@ -5,6 +5,7 @@ Public API::
     evaluate(request, limits=None, *, task=None) -> EvalOutcome
     check(code, task=None) -> PolicyViolation | None
     SandboxPool(size)          # warm children; set_default_pool(pool) makes evaluate use it
+    configure_pool(size)       # start (or with None, stop) the default pool
     SandboxError               # platform failure: the caller records kind ``infra``
 
 ``evaluate`` checks the static policy in the driver, then runs the evaluation in a fresh
@@ -52,6 +53,8 @@ What is not guaranteed:
 
 from __future__ import annotations
 
+import atexit
+
 from evaluator.types import Task
 from sandbox.api import EvalOutcome, EvalRequest, SandboxLimits
 from sandbox.launcher import IsolationConfig, SandboxError, run_evaluation
@@ -60,11 +63,12 @@ from sandbox.pool import SandboxPool
 
 __all__ = [
     "EvalOutcome", "EvalRequest", "IsolationConfig", "PolicyViolation", "SandboxError",
-    "SandboxLimits", "SandboxPool", "check", "evaluate", "get_default_pool",
+    "SandboxLimits", "SandboxPool", "check", "configure_pool", "evaluate", "get_default_pool",
     "set_default_pool",
 ]
 
 _default_pool: SandboxPool | None = None
+_atexit_registered = False
 
 
 def set_default_pool(pool: SandboxPool | None) -> SandboxPool | None:
@@ -77,6 +81,20 @@ def set_default_pool(pool: SandboxPool | None) -> SandboxPool | None:
 
 def get_default_pool() -> SandboxPool | None:
     return _default_pool
+
+
+def configure_pool(size: int | None) -> SandboxPool | None:
+    """Start a default warm pool of ``size`` children (None or 0: no pool), closing the
+    previous default pool. The pool is closed (its idle children killed) at interpreter exit."""
+    global _atexit_registered
+    new = SandboxPool(size) if size else None
+    previous = set_default_pool(new)
+    if previous is not None:
+        previous.close()
+    if new is not None and not _atexit_registered:
+        atexit.register(lambda: configure_pool(None))
+        _atexit_registered = True
+    return new
 
 
 def evaluate(request: EvalRequest, limits: SandboxLimits | None = None, *,

@@ -25,12 +25,10 @@ from collections.abc import Callable
 from evaluator.registry import get_task
 from evaluator.types import FailureKind, Program, StageFailure, StageResult, StageSpec, Task
 from sandbox.api import EvalRequest
-from sandbox.integrity import ModuleSnapshot
+from sandbox.integrity import CANDIDATE_FILENAME, CANDIDATE_MODULE, ModuleSnapshot
 from sandbox.policy import ALLOWED_MODULES, check, imported_modules
 from sandbox.protocol import StageResultEvent, StageStartEvent
 
-CANDIDATE_MODULE = "candidate"
-CANDIDATE_FILENAME = "<candidate>"
 _CLOCK = time.perf_counter
 _CHECK = check
 _TRACEBACK_CHARS = 3000
@@ -81,10 +79,11 @@ class Harness:
     """Runs one EvalRequest; ``emit`` receives StageStartEvent / StageResultEvent objects."""
 
     def __init__(self, emit: Emit, *, static_policy: bool = True,
-                 snapshot: ModuleSnapshot | None = None):
+                 snapshot: ModuleSnapshot | None = None, torch_threads: int | None = None):
         self._emit = emit
         self._static_policy = static_policy
         self._snapshot = snapshot if snapshot is not None else ModuleSnapshot()
+        self._torch_threads = torch_threads
 
     def run(self, request: EvalRequest) -> list[StageResult]:
         try:
@@ -136,6 +135,9 @@ class Harness:
                 except Exception:  # the candidate's own import will report it
                     pass
         self._snapshot.extend()
+        torch = sys.modules.get("torch")
+        if torch is not None and self._torch_threads:
+            torch.set_num_threads(self._torch_threads)
         module = types.ModuleType(CANDIDATE_MODULE)
         module.__file__ = CANDIDATE_FILENAME
         sys.modules[CANDIDATE_MODULE] = module  # dataclasses and typing look modules up

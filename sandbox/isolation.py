@@ -52,6 +52,12 @@ MARKER_ENV = "ARCHDISCO_SANDBOX_RUN"
 # Unique uids are UID_BASE + the host pid of the child's first process: pids are unique
 # among live processes, so concurrent children never share a uid.
 UID_BASE = 1_600_000_000
+# The only files of /etc a child may read (the dynamic loader, time zone, user names):
+# not /etc as a whole, where a uid-0 child without namespaces could read /etc/shadow.
+ETC_READABLE = ("ld.so.cache", "ld.so.conf", "ld.so.conf.d", "localtime", "timezone",
+                "passwd", "group", "nsswitch.conf", "os-release", "mime.types", "alternatives")
+# Outside a PID namespace, /proc is readable only for the child itself and these files.
+PROC_READABLE = ("cpuinfo", "meminfo", "stat", "sys/vm", "sys/kernel")
 SANDBOX_TMP = "/tmp"
 SANDBOX_WORKDIR = "/tmp/work"
 _DEVICES = ("null", "zero", "full", "random", "urandom")
@@ -243,7 +249,9 @@ def setup_filesystem(config: SpawnConfig, report: dict[str, object], notes: list
     syscalls.mount("/dev", staging, None, syscalls.MS_BIND | syscalls.MS_REC)
     syscalls.mount("tmpfs", "/dev", "tmpfs", syscalls.MS_NOSUID | syscalls.MS_NOEXEC,
                    "size=1048576,mode=755")
-    for name in _DEVICES:
+    gpus = sorted(n for n in os.listdir(staging) if n.startswith("nvidia")
+                  and stat.S_ISCHR(os.stat(os.path.join(staging, n)).st_mode))
+    for name in (*_DEVICES, *gpus):  # GPU nodes only when the host has them
         node = f"/dev/{name}"
         with open(node, "w"):
             pass
@@ -323,9 +331,13 @@ def harden(config: SpawnConfig, workdir: str, private_tmp: bool, report: dict[st
     report["landlock_abi"] = landlock.abi_version()
     if config.landlock and report["landlock_abi"]:
         writable = [workdir] + ([SANDBOX_TMP, "/var/tmp", "/dev/shm"] if private_tmp else [])
-        devices = [f"/dev/{name}" for name in _DEVICES]
+        devices = [f"/dev/{name}" for name in _DEVICES] + gpu_devices()
+        if report.get("fresh_proc"):  # a /proc that shows only the sandbox's processes
+            proc = ["/proc"]
+        else:
+            proc = [f"/proc/{os.getpid()}", *(f"/proc/{name}" for name in PROC_READABLE)]
         try:
-            landlock.restrict(config.read_paths, writable, devices)
+            landlock.restrict([*config.read_paths, *proc], writable, devices)
             report["landlock"] = True
         except OSError as exc:
             notes.append(f"Landlock not enforced ({exc.strerror or exc})")
@@ -335,6 +347,13 @@ def harden(config: SpawnConfig, workdir: str, private_tmp: bool, report: dict[st
     if syscalls.AVAILABLE:
         # No core dumps, not even through a core_pattern pipe helper; no same-uid ptrace.
         syscalls.prctl(syscalls.PR_SET_DUMPABLE, 0)
+
+
+def gpu_devices() -> list[str]:
+    try:
+        return sorted(f"/dev/{n}" for n in os.listdir("/dev") if n.startswith("nvidia"))
+    except OSError:
+        return []
 
 
 def install_socket_refusal() -> None:
@@ -368,7 +387,10 @@ def apply_limits(limits: ResolvedLimits) -> None:
     soft_cpu = used_cpu + limits.cpu_seconds
     # SIGXCPU at the soft limit; SIGKILL two seconds later if the signal is ignored.
     resource.setrlimit(resource.RLIMIT_CPU, (soft_cpu, soft_cpu + 2))
-    lower(resource.RLIMIT_AS, limits.memory_bytes)
+    # CUDA reserves far more address space than it uses, so GPU targets are limited by
+    # RLIMIT_DATA (private writable memory) instead of RLIMIT_AS.
+    lower(resource.RLIMIT_AS if limits.address_space else resource.RLIMIT_DATA,
+          limits.memory_bytes)
     lower(resource.RLIMIT_FSIZE, limits.max_file_bytes)
     lower(resource.RLIMIT_NOFILE, limits.max_open_files)
     lower(resource.RLIMIT_CORE, 0)
@@ -387,8 +409,9 @@ def default_read_paths(project_roots: Iterable[str]) -> list[str]:
     """Directories a child may read (driver side): the system, the Python installation and
     the package directories of the project, but not the project root itself (where the
     campaign database and local files such as ``.env`` usually live)."""
-    paths = ["/usr", "/lib", "/lib32", "/lib64", "/bin", "/sbin", "/etc", "/proc", "/sys",
-             "/dev", sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix,
+    paths = ["/usr", "/lib", "/lib32", "/lib64", "/bin", "/sbin", "/sys",
+             *(f"/etc/{name}" for name in ETC_READABLE),
+             sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix,
              os.path.dirname(os.path.realpath(sys.executable))]
     roots = {os.path.realpath(r) for r in project_roots}
     for entry in sys.path:

@@ -92,6 +92,7 @@ def resolve_limits(request: EvalRequest, limits: SandboxLimits) -> tuple[Resolve
         memory = int(physical_memory_bytes() * DEFAULT_MEMORY_FRACTION)
     cpu = limits.cpu_seconds or int(math.ceil(wall * max(1, limits.torch_threads))) + 5
     resolved = ResolvedLimits(memory_bytes=max(memory, MIN_MEMORY_BYTES), cpu_seconds=cpu,
+                              address_space=request.target.device != "cuda",
                               max_processes=limits.max_processes,
                               max_file_bytes=limits.max_file_bytes,
                               max_open_files=limits.max_open_files,
@@ -300,7 +301,8 @@ class Child:
         if watch.error is not None:
             raise SandboxError(f"the sandbox harness failed: {watch.error}")
         results = list(watch.results)
-        if not watch.done:
+        if not watch.done and not (watch.complete(request) and watch.current is None
+                                   and not (watch.tamper or watch.timed_out)):
             results.append(self._ending(watch, resolved, code))
         if results and results[0].stage == "load":
             artifacts = {**results[0].artifacts, "isolation": report.model_dump(mode="json")}
@@ -460,6 +462,17 @@ class _Watch:
     def expire(self, now: float) -> None:
         stage_first = self.stage_deadline is not None and self.stage_deadline <= self.wall_deadline
         self.timed_out = "stage" if stage_first and self.current else "wall"
+
+    def complete(self, request: EvalRequest) -> bool:
+        """Did every stage that was going to run report (the harness only failed to say
+        ``done``)?"""
+        if len(self.results) == len(self.order):
+            return True
+        last = self.results[-1] if self.results else None
+        if last is None or last.ok:
+            return False
+        spec = self.specs.get(last.stage)
+        return not (request.continue_on_constraint and spec is not None and spec.constraint)
 
     def next_stage(self) -> str:
         return self.order[min(len(self.results), len(self.order) - 1)]

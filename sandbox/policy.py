@@ -133,16 +133,21 @@ class PolicyViolation:
 
     kind: FailureKind
     line: int
-    message: str
+    detail: str  # what is wrong and what to do instead
     more: int = 0  # further violations not spelled out
 
-    def __str__(self) -> str:
+    @property
+    def message(self) -> str:
+        """The whole message, naming the line: ``line 3: ... (and 2 more violations)``."""
         extra = f" (and {self.more} more violation{'s' * (self.more > 1)})" if self.more else ""
-        return f"line {self.line}: {self.message}{extra}"
+        return f"line {self.line}: {self.detail}{extra}"
+
+    def __str__(self) -> str:
+        return self.message
 
     def to_result(self, *, target: str = "cpu", rung: int = 0) -> StageResult:
         """The failed implicit ``load`` stage this violation stands for."""
-        return StageResult.failure("load", self.kind, str(self), target=target, rung=rung)
+        return StageResult.failure("load", self.kind, self.message, target=target, rung=rung)
 
 
 def check(code: str, task: Task | None = None) -> PolicyViolation | None:

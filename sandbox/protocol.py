@@ -79,6 +79,7 @@ class ResolvedLimits(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     memory_bytes: int
+    address_space: bool = True  # RLIMIT_AS; False (GPU targets): RLIMIT_DATA
     cpu_seconds: int
     max_processes: int
     max_file_bytes: int

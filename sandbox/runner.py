@@ -224,16 +224,16 @@ def main(argv: list[str] | None = None) -> None:
         snapshot = ModuleSnapshot()
         snapshot.extend()
     except BaseException as exc:  # noqa: BLE001 - report, then exit
-        (emit or make_emitter(key, result_fd))(ErrorEvent(message=f"sandbox setup failed: {exc!r}\n{traceback.format_exc()[-2000:]}"))
+        detail = f"sandbox setup failed: {exc!r}\n{traceback.format_exc()[-2000:]}"
+        (emit or make_emitter(key, result_fd))(ErrorEvent(message=detail))
         os._exit(EXIT_SETUP_FAILED)
     emit(ReadyEvent(isolation=report))
     try:
         launch = LaunchRequest.model_validate_json(reader.line())
         os.close(request_fd)
         isolation.apply_limits(launch.limits)
-        if torch is not None:
-            torch.set_num_threads(launch.limits.torch_threads)
-        Harness(emit, static_policy=launch.static_policy, snapshot=snapshot).run(launch.request)
+        Harness(emit, static_policy=launch.static_policy, snapshot=snapshot,
+                torch_threads=launch.limits.torch_threads).run(launch.request)
     except HarnessError as exc:
         emit(ErrorEvent(message=str(exc)))
         os._exit(EXIT_SETUP_FAILED)

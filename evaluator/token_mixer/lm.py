@@ -35,9 +35,9 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch.nn import functional as F
 
 from evaluator.token_mixer.model import (
-    MixerFactory, MixerLM, ModelConfig, autocast_context, build_optimizer, make_grad_scaler,
-    seeded, synchronize, warmup_cosine,
+    MixerFactory, MixerLM, ModelConfig, autocast_context, seeded, synchronize,
 )
+from evaluator.token_mixer.training import OptimConfig, Trainer
 from evaluator.types import FailureKind, StageFailure
 
 log = logging.getLogger(__name__)
@@ -74,6 +74,7 @@ class LMOptions(BaseModel):
     max_corpus_bytes: int = Field(default=4_000_000, gt=0)
     max_file_bytes: int = Field(default=65_536, gt=0)  # caps a file's share: more diverse text
     val_fraction: float = Field(default=0.1, gt=0.0, lt=1.0)
+    cuda_graph: bool = True  # on CUDA, replay a captured graph of the step (training.py)
     reduced: bool = False
 
     @model_validator(mode="after")
@@ -231,52 +232,38 @@ def run_lm(
     with seeded(seed, device):
         model = MixerLM(config, make_mixer).to(device)
     steps, b, t = options.total_steps, options.batch_size, options.seq_len
-    opt = build_optimizer(model, options.lr, options.weight_decay, options.betas, device)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, warmup_cosine(steps, options.warmup_frac, options.min_lr_ratio)
-    )
-    scaler = make_grad_scaler(device, dtype)
     gen = torch.Generator(device="cpu").manual_seed(seed)
     offsets = torch.randint(0, train.numel() - t - 1, (steps, b), generator=gen).to(device)
-    params = [p for p in model.parameters() if p.requires_grad]
     metrics: dict[str, float] = {
         "lm_reduced": float(options.reduced), "lm_corpus_bytes": float(train.numel() + val.numel()),
         "lm_corpus_crc": float(corpus.crc),
     }
-    loss_acc = torch.zeros((), device=device)
+
+    def loss_fn(batch_offsets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        w = _windows(train, batch_offsets, t)
+        logits = model(w[:, :-1]).float()
+        loss = F.cross_entropy(logits.flatten(0, 1), w[:, 1:].flatten())
+        return loss, loss.new_zeros(())
+
+    optim = OptimConfig(
+        lr=options.lr, steps=steps, weight_decay=options.weight_decay, betas=options.betas,
+        warmup_frac=options.warmup_frac, min_lr_ratio=options.min_lr_ratio,
+        grad_clip=options.grad_clip,
+    )
+    trainer = Trainer(model, loss_fn, optim, device, dtype, offsets[0], options.cuda_graph)
     train_loss = math.nan
     synchronize(device)
     t_train = time.perf_counter()
     for step in range(steps):
-        w = _windows(train, offsets[step], t)
-        with autocast_context(device, dtype):
-            logits = model(w[:, :-1]).float()
-        loss = F.cross_entropy(logits.flatten(0, 1), w[:, 1:].flatten())
-        if scaler is not None:
-            scaler.scale(loss).backward()
-            scaler.unscale_(opt)
-        else:
-            loss.backward()
-        if options.grad_clip is not None:
-            torch.nn.utils.clip_grad_norm_(params, options.grad_clip)
-        if scaler is not None:
-            scaler.step(opt)
-            scaler.update()
-        else:
-            opt.step()
-        sched.step()
-        opt.zero_grad(set_to_none=True)
-        loss_acc += loss.detach()
+        trainer.step(step, offsets[step])
         if (step + 1) % options.check_every == 0 or step + 1 == steps:
-            n = (step % options.check_every) + 1
-            train_loss = loss_acc.item() / n
+            train_loss = trainer.take_sums()[0] / ((step % options.check_every) + 1)
             log.debug("lm step=%d train_loss=%.4f", step + 1, train_loss)
             if not math.isfinite(train_loss):
                 raise StageFailure(
                     FailureKind.NAN, f"LM training loss became non-finite by step {step + 1}",
                     metrics={**metrics, "lm_tokens": float((step + 1) * b * t)},
                 )
-            loss_acc.zero_()
     synchronize(device)
     train_s = time.perf_counter() - t_train
     val_loss = evaluate_lm(model, val, options, device, dtype)
@@ -290,5 +277,6 @@ def run_lm(
         "lm_train_s": train_s,
         "lm_tokens_per_s": steps * b * t / train_s,
         "lm_stage_s": time.perf_counter() - t0,
+        "lm_cuda_graph": float(trainer.graphed),
     })
     return metrics

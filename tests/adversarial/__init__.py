@@ -1,0 +1,1 @@
+"""Hostile candidate programs and the proof that the sandbox contains each of them."""

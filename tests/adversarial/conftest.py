@@ -10,6 +10,7 @@ import socket
 import sqlite3
 import string
 import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +25,16 @@ from sandbox.reaper import find_strays
 from tests.adversarial.programs import Hostile
 
 FAKE_TASK = "tests.sandbox.fake_task:FakeTask"
+
+
+def _shadow_line() -> str:
+    try:
+        return Path("/etc/shadow").read_text().splitlines()[0]
+    except (OSError, IndexError):
+        return ""
+
+
+SHADOW_LINE = _shadow_line()
 
 
 @dataclass
@@ -61,6 +72,8 @@ class Host:
             assert con.execute("pragma integrity_check").fetchone()[0] == "ok"
             assert con.execute("select count(*) from candidate").fetchone()[0] == 2
         assert "CAMPAIGN-ROW-MARKER" not in dump, "database contents reached the outcome"
+        if SHADOW_LINE:
+            assert SHADOW_LINE not in dump, "/etc/shadow reached the outcome"
         strays = find_strays(uid=uid if uid else None, marker=marker)
         assert strays == [], f"processes survived the evaluation: {strays}"
 
@@ -86,7 +99,7 @@ def host(monkeypatch: pytest.MonkeyPatch):
     listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     listener.bind(("127.0.0.1", 0))
     listener.listen(8)
-    victim = subprocess.Popen(["sleep", "120"])
+    victim = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)", secret])
     yield Host(scratch, db, hashlib.sha256(db.read_bytes()).hexdigest(), listener, victim,
                secret_name, secret)
     victim.kill()

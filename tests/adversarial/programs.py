@@ -4,8 +4,9 @@ Every program is a candidate for ``tests.sandbox.fake_task:FakeTask`` (a module 
 ``class Model``). ``$names`` are filled in by the test (see ``conftest.py``): ``$scratch`` is a
 world-writable directory on the host that the child can see, ``$db`` a campaign-like SQLite
 database in it (mode 0666), ``$port`` a loopback TCP listener opened by the test, ``$victim``
-the pid of a process owned by the driver's user, ``$driver`` the driver's own pid,
-``$secret_name`` an API-key-like variable set in the driver's environment.
+the pid of a process owned by the driver's user (with the secret on its command line),
+``$driver`` the driver's own pid, ``$secret_name`` an API-key-like variable set in the
+driver's environment.
 
 ``policy_kind``: what the full sandbox gives (static policy on). ``runtime_kind``: what the
 OS layer alone gives when the static policy is bypassed (test switch). ``None`` means the
@@ -87,7 +88,8 @@ import os
 
 def gather():
     found = [os.environ.get("$secret_name", "<no env secret>")]
-    for path in ("/proc/$driver/environ", "/proc/1/environ", "$scratch/.env"):
+    for path in ("/proc/$driver/environ", "/proc/1/environ", "/proc/$victim/cmdline",
+                 "$scratch/.env", "/etc/shadow"):
         try:
             with open(path, "rb") as fh:
                 found.append(fh.read().decode(errors="replace"))
@@ -320,6 +322,12 @@ F.cross_entropy = lambda *args, **kwargs: torch.zeros(())
 import torch
 functional = (lambda: torch.nn.functional)()
 functional.cross_entropy = lambda *args, **kwargs: torch.zeros(())
+""" + _MODEL, K.POLICY, K.POLICY, stages=("build", "xent"), uses_torch=True),
+    Hostile("monkeypatch_tensor_and_module_methods", """
+import torch
+import torch.nn as nn
+torch.Tensor.mean = lambda self, *args, **kwargs: self.sum() * 0
+nn.Module.__call__ = lambda self, *args, **kwargs: args[0]
 """ + _MODEL, K.POLICY, K.POLICY, stages=("build", "xent"), uses_torch=True),
     Hostile("write_campaign_database", """
 import sqlite3

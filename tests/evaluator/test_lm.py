@@ -90,3 +90,11 @@ def test_nonfinite_loss_is_a_nan_failure() -> None:
     with pytest.raises(StageFailure) as info:
         run_lm(Exploding, LMOptions(**{**TINY, "check_every": 5}, steps=5), CPU, torch.float32, seed=0)
     assert info.value.kind is FailureKind.NAN
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_lm_on_cuda_uses_a_graph_and_learns() -> None:
+    m = run_lm(CausalMean, LMOptions(**TINY, steps=150, lr=1e-2), torch.device("cuda"),
+               torch.bfloat16, seed=0)
+    assert m["lm_cuda_graph"] == 1.0 and m["lm_val_loss"] < math.log(256) - 1.0

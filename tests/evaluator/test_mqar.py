@@ -152,3 +152,27 @@ def test_nonfinite_at_every_lr_is_a_nan_failure() -> None:
         run_mqar(Exploding, tiny, CPU, torch.float32, seed=0)
     assert info.value.kind is FailureKind.NAN
     assert "T64_kv8" in info.value.message
+
+
+class HostSync(SoftmaxAttention):
+    """Reads a value back to the host in forward: cannot be captured in a CUDA graph."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.abs().sum().item() < 0:  # always false, but a host synchronisation
+            return x
+        return super().forward(x)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_graph_training_matches_eager_and_falls_back() -> None:
+    gpu = torch.device("cuda")
+    options = MQAROptions(steps=300, lrs=(1e-2,), early_stop_acc=None, stop_sweep_at=None)
+    graphed = run_mqar(SoftmaxAttention, options, gpu, torch.bfloat16, seed=0)
+    eager = run_mqar(SoftmaxAttention, options.model_copy(update={"cuda_graph": False}), gpu,
+                     torch.bfloat16, seed=0)
+    assert graphed["mqar_cuda_graph"] == 1.0 and eager["mqar_cuda_graph"] == 0.0
+    assert graphed["mqar_acc"] >= 0.9 and eager["mqar_acc"] >= 0.9
+    assert abs(graphed["mqar_acc"] - eager["mqar_acc"]) < 0.05
+    fallback = run_mqar(HostSync, options, gpu, torch.float32, seed=0)
+    assert fallback["mqar_cuda_graph"] == 0.0 and fallback["mqar_acc"] >= 0.9

@@ -103,3 +103,11 @@ def test_timing_exponent_recovers_quadratic_growth() -> None:
     assert part.used == (512, 1024) and part.saturated
     with pytest.raises(ValueError, match="two sequence lengths"):
         timing_exponent(Sleeper, [64], CPU, torch.float32, batch=1)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_profile_on_cuda_reports_peak_memory() -> None:
+    m = run_profile(Recurrent, SMALL, torch.device("cuda"), torch.bfloat16, seed=0,
+                    reference_make_mixer=Attention)
+    assert m["peak_mem_mb"] > 0 and m["ref_peak_mem_mb"] > 0 and m["train_tokens_per_s"] > 0

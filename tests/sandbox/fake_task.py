@@ -9,6 +9,7 @@ Stages (options in ``StageSpec.options``):
   no part): a candidate that rewires ``cross_entropy`` changes what this stage measures;
 - ``mixer``: builds ``Mixer(hidden_size=32, num_heads=4)`` (a token-mixer seed) and runs
   forward and backward once;
+- ``threads``: reports torch's intra-op thread count;
 - ``constraint``: fails with kind ``complexity`` when ``options["fail"]`` is true;
 - ``boom``: raises ``StageFailure(options["kind"])`` so tests can check kinds pass through.
 """
@@ -88,6 +89,10 @@ class FakeTask:
             if y.shape != x.shape or not bool(torch.isfinite(x.grad).all()):
                 raise StageFailure(FailureKind.CONFORMANCE, f"bad output {tuple(y.shape)}")
             metrics["params"] = float(sum(p.numel() for p in layer.parameters()))
+        elif kind == "threads":
+            import torch
+
+            metrics["torch_threads"] = float(torch.get_num_threads())
         elif kind == "constraint":
             if stage.options.get("fail"):
                 raise StageFailure(FailureKind.COMPLEXITY, "constraint violated", {"exponent": 2.0})

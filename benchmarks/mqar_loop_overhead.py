@@ -1,0 +1,159 @@
+"""Framework overhead of the MQAR training loop: run_mqar's loop vs a minimal hand-written loop.
+
+Both loops train the same model (the MixerLM frame around the same mixer, same seed) on the
+same MQAR data with the same batch, learning rate and precision; each measures its median
+step time the same way (windows of ``check_every`` steps closed by one device
+synchronisation). The minimal loop does only what any training loop must: index a batch,
+forward, loss at the query positions, backward, optimizer step. run_mqar adds the warm-up /
+cosine schedule, gradient clipping, on-device loss / accuracy accumulators and the periodic
+NaN check. The two alternate ``--rounds`` times in one process so drift hits both alike.
+
+    python benchmarks/mqar_loop_overhead.py                      # CPU, rung-0 shapes
+    python benchmarks/mqar_loop_overhead.py --preset rung1 --device cuda --dtype bfloat16
+
+Acceptance (issue 5): run_mqar's step time within 10% of the minimal loop's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from evaluator.token_mixer.model import (  # noqa: E402
+    MixerFactory, MixerLM, autocast_context, resolve_dtype, seeded, synchronize,
+)
+from evaluator.token_mixer.mqar import MQAROptions, MQARSetting, build_data, run_mqar  # noqa: E402
+
+SEEDS = Path(__file__).resolve().parents[1] / "evaluator" / "token_mixer" / "seeds"
+
+
+class SoftmaxAttention(nn.Module):
+    """Causal softmax attention through SDPA (used when no mixer file is given)."""
+
+    def __init__(self, hidden_size: int, num_heads: int):
+        super().__init__()
+        self.h = num_heads
+        self.qkv = nn.Linear(hidden_size, 3 * hidden_size, bias=False)
+        self.out = nn.Linear(hidden_size, hidden_size, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, t, d = x.shape
+        q, k, v = self.qkv(x).view(b, t, 3, self.h, d // self.h).permute(2, 0, 3, 1, 4)
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        return self.out(y.transpose(1, 2).reshape(b, t, d))
+
+
+def load_mixer(name: str | None) -> tuple[str, MixerFactory]:
+    """A seed name (``deltanet``), a path to a candidate file, or None for SDPA attention."""
+    if name is None:
+        return "sdpa_attention", SoftmaxAttention
+    path = Path(name) if name.endswith(".py") else SEEDS / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"bench_mixer_{path.stem}", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return path.stem, module.Mixer
+
+
+def minimal_loop(
+    make_mixer: MixerFactory, options: MQAROptions, device: torch.device, dtype: torch.dtype,
+    seed: int,
+) -> float:
+    """Median step time (ms) of the plainest loop over the same model, data and precision."""
+    setting = options.settings[0]
+    train, _ = build_data(options, setting, seed, device)
+    with seeded(seed, device):
+        model = MixerLM(options.model_config_for(), make_mixer).to(device)
+    kwargs = {"fused": True} if device.type == "cuda" else {"foreach": True}
+    opt = torch.optim.AdamW(model.parameters(), lr=options.lrs[0], **kwargs)
+    b, n = options.batch_size, train.inputs.shape[0]
+    gen = torch.Generator().manual_seed(seed)
+    order = torch.randint(0, n, (options.steps, b), generator=gen).to(device)
+    windows, t0 = [], None
+    synchronize(device)
+    t0 = time.perf_counter()
+    for step in range(options.steps):
+        idx = order[step]
+        with autocast_context(device, dtype):
+            h = model.hidden(train.inputs[idx])
+            pos = train.query_pos[idx]
+            logits = model.logits(h.gather(1, pos[..., None].expand(-1, -1, h.shape[-1]))).float()
+        loss = F.cross_entropy(logits.flatten(0, 1), train.query_val[idx].flatten())
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        if (step + 1) % options.check_every == 0:
+            synchronize(device)
+            now = time.perf_counter()
+            windows.append(1000.0 * (now - t0) / options.check_every)
+            t0 = now
+    return statistics.median(windows)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    parser.add_argument("--preset", default="rung0", choices=["rung0", "rung1", "cpu_fallback"])
+    parser.add_argument("--mixer", default=None, help="seed name or candidate file (default: SDPA)")
+    parser.add_argument("--setting", default=None, help="T,K (default: the preset's largest)")
+    parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device, dtype = torch.device(args.device), resolve_dtype(args.dtype)
+    base = {"rung0": MQAROptions, "rung1": MQAROptions.rung1,
+            "cpu_fallback": MQAROptions.cpu_fallback}[args.preset]()
+    if args.setting:
+        t, k = (int(v) for v in args.setting.split(","))
+        setting = MQARSetting(seq_len=t, num_kv_pairs=k)
+    else:
+        setting = max(base.settings, key=lambda s: s.seq_len * s.num_kv_pairs)
+    check = min(base.check_every, max(10, args.steps // 10))
+    options = MQAROptions(**{
+        **base.model_dump(), "settings": [setting], "steps": args.steps, "lrs": [base.lrs[0]],
+        "early_stop_acc": None, "stop_sweep_at": None, "check_every": check,
+        "train_examples": base.train_examples or args.steps * base.batch_size,
+    })
+    name, make_mixer = load_mixer(args.mixer)
+    print(f"# {name} on {device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'}),"
+          f" {args.dtype}, {setting.tag}, d_model {options.d_model}, {options.n_layers} layer(s),"
+          f" batch {options.batch_size}, {args.steps} steps x {args.rounds} rounds")
+    variants: dict[str, list[float]] = {"minimal (eager)": []}
+    if device.type == "cuda":
+        variants["run_mqar (eager)"] = []
+    variants["run_mqar"] = []  # as the stage runs: CUDA graph on CUDA where capturable
+    minimal_loop(make_mixer, options.model_copy(update={"steps": min(50, args.steps)}),
+                 device, dtype, 0)  # warm-up: kernels, allocator, lazy imports
+    graphed = 0.0
+    for _ in range(args.rounds):
+        variants["minimal (eager)"].append(minimal_loop(make_mixer, options, device, dtype, 0))
+        if device.type == "cuda":
+            eager = options.model_copy(update={"cuda_graph": False})
+            variants["run_mqar (eager)"].append(run_mqar(make_mixer, eager, device, dtype, 0)["mqar_step_ms"])
+        m = run_mqar(make_mixer, options, device, dtype, 0)
+        variants["run_mqar"].append(m["mqar_step_ms"])
+        graphed = m["mqar_cuda_graph"]
+    base_ms = statistics.median(variants["minimal (eager)"])
+    print(f"{'loop':<18}{'median step ms':>16}{'ratio':>8}   rounds (ms)")
+    for label, values in variants.items():
+        med = statistics.median(values)
+        print(f"{label:<18}{med:>16.3f}{med / base_ms:>8.3f}   {' '.join(f'{v:.3f}' for v in values)}")
+    print(f"run_mqar trained from a CUDA graph: {'yes' if graphed else 'no'};"
+          f" acceptance: run_mqar / minimal <= 1.10")
+
+
+if __name__ == "__main__":
+    main()
