@@ -3,6 +3,12 @@
 Replies are strings (answered) or exceptions (raised). Every request is kept in
 ``history``; a request with no reply left raises ``ScriptExhaustedError`` -- a test that
 asks for more replies than it scripted fails loudly instead of getting an empty answer.
+Replies are one queue, or one queue per agent role (a mapping ``{"researcher": [...],
+"debugger": [...]}``): a campaign runs its agents concurrently, so only per-role queues
+script it deterministically.
+
+``on_call`` and ``before_call`` (the call sink and the pre-call hook, e.g. a budget gate) may
+be set after construction, as the campaign wiring does with an injected LLM.
 
 Two modes:
 - direct (default): the reply is returned as is; tokens are counted as whitespace-separated
@@ -18,7 +24,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 from agents.llm import (
     CallSink,
@@ -44,12 +50,16 @@ def _count_tokens(text: str) -> int:
     return len(text.split())
 
 
+Reply = str | BaseException
+ANY_ROLE = "*"  # the key of the single queue when replies are not scripted per role
+
+
 class ScriptedLLM:
     """Queued replies; implements the ``LLM`` protocol."""
 
     def __init__(
         self,
-        replies: Iterable[str | BaseException] = (),
+        replies: Iterable[Reply] | Mapping[str, Iterable[Reply]] = (),
         *,
         via_litellm: bool = False,
         prices: Mapping[str, ModelPrice] | None = None,
@@ -57,10 +67,15 @@ class ScriptedLLM:
         cache: bool = False,
         max_retries: int = 2,
     ) -> None:
-        self._queue: deque[str | BaseException] = deque(replies)
+        self._by_role = isinstance(replies, Mapping)
+        self._queues: dict[str, deque[Reply]] = (
+            {role: deque(items) for role, items in replies.items()} if isinstance(replies, Mapping)
+            else {ANY_ROLE: deque(replies)}
+        )
         self.history: list[LLMRequest] = []
         self.prices = dict(prices or {})
-        self.on_call = on_call
+        self._on_call = on_call
+        self._before_call: Callable[[LLMRequest], None] | None = None
         self.via_litellm = via_litellm
         self._inner: LiteLLM | None = None
         self._direct_dollars = 0.0
@@ -76,30 +91,57 @@ class ScriptedLLM:
         elif cache:
             raise ValueError("the response cache needs via_litellm=True")
 
+    # The sink and the pre-call hook live on the inner LiteLLM in via_litellm mode, so that
+    # setting them after construction reaches the code that makes the calls.
+    @property
+    def on_call(self) -> CallSink | None:
+        return self._inner.on_call if self._inner is not None else self._on_call
+
+    @on_call.setter
+    def on_call(self, sink: CallSink | None) -> None:
+        self._on_call = sink
+        if self._inner is not None:
+            self._inner.on_call = sink
+
+    @property
+    def before_call(self) -> Callable[[LLMRequest], None] | None:
+        return self._inner.before_call if self._inner is not None else self._before_call
+
+    @before_call.setter
+    def before_call(self, hook: Callable[[LLMRequest], None] | None) -> None:
+        self._before_call = hook
+        if self._inner is not None:
+            self._inner.before_call = hook
+
     @property
     def remaining(self) -> int:
-        return len(self._queue)
+        return sum(len(q) for q in self._queues.values())
 
     @property
     def dollars_spent(self) -> float:
         return self._inner.dollars_spent if self._inner else self._direct_dollars
 
-    def push(self, *replies: str | BaseException) -> None:
-        self._queue.extend(replies)
+    def push(self, *replies: Reply, role: str | None = None) -> None:
+        if self._by_role != (role is not None):
+            raise ValueError("push(role=...) exactly when the replies are scripted per role")
+        self._queues.setdefault(role or ANY_ROLE, deque()).extend(replies)
 
-    def _pop(self, request: LLMRequest) -> str | BaseException:
-        if not self._queue:
+    def _pop(self, request: LLMRequest) -> Reply:
+        queue = self._queues.get(request.role if self._by_role else ANY_ROLE)
+        if not queue:
             raise ScriptExhaustedError(
                 f"ScriptedLLM has no reply left for request #{len(self.history)} "
                 f"(role={request.role}, template={request.template_name}, model={request.model}); "
                 "script more replies"
             )
-        return self._queue.popleft()
+        return queue.popleft()
 
     async def complete(self, request: LLMRequest) -> LLMResponse:
         self.history.append(request)
         if self._inner is not None:
             return await self._inner.complete(request)
+        if self._before_call is not None:
+            self._before_call(request)
         reply = self._pop(request)
         if isinstance(reply, BaseException):
             self._record(request, None, 0, 0, 0.0, f"{type(reply).__name__}: {reply}")
@@ -115,9 +157,9 @@ class ScriptedLLM:
     def _record(
         self, request: LLMRequest, text: str | None, tokens_in: int, tokens_out: int, dollars: float, error: str | None
     ) -> None:
-        if self.on_call is None:
+        if self._on_call is None:
             return
-        self.on_call(
+        self._on_call(
             LLMCallRecord(
                 role=request.role,
                 template_name=request.template_name,

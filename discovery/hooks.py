@@ -1,7 +1,7 @@
 """Extension hooks of the campaign loop: where LLM agents (analyst, debugger, knowledge
 retrieval, spend limits) plug in without the reference loop knowing about them.
 
-``NullHooks`` is what an offline campaign uses. ``discovery.llm_hooks.LLMHooks`` implements the
+``NullHooks`` is what an offline campaign uses. ``discovery.llm_setup.LLMHooks`` implements the
 same methods for LLM campaigns.
 """
 

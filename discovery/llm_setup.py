@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from agents.bandit import FixedModel, ModelBandit, ModelSpec
 from agents.knowledge_pack import load_builtin_pack
-from agents.llm import LLM, LiteLLM, LLMCallRecord, LLMRequest, check_credentials
+from agents.llm import LLM, LiteLLM, LLMCallRecord, LLMFatalError, LLMRequest, check_credentials
 from agents.types import BudgetExhausted, FailureInfo, ParentInfo, Proposal, ProposalContext
 from discovery.config import CampaignConfig, LLMRoleConfig
 from discovery.errors import UserError
@@ -89,6 +89,15 @@ class CallLogger:
             spent = repo.ledger_sum(s, self.campaign_id, "llm_dollars")
         if spent >= self.max_dollars:
             raise BudgetExhausted(f"max_llm_dollars reached (${spent:.4f} of ${self.max_dollars:g})")
+
+
+def attach_logger(llm: Any, logger: CallLogger) -> None:
+    """Give an injected LLM (tests, embedding code) the campaign's call sink and budget gate,
+    unless it already has its own: without them its calls would be neither logged nor bounded."""
+    if hasattr(llm, "on_call") and llm.on_call is None:
+        llm.on_call = logger
+    if hasattr(llm, "before_call") and llm.before_call is None:
+        llm.before_call = logger.before_call
 
 
 def make_llm(cfg: CampaignConfig, logger: CallLogger) -> LiteLLM:
@@ -170,6 +179,8 @@ class LLMHooks:
         except BudgetExhausted as err:
             loop.note_exhausted(str(err))
             return
+        except LLMFatalError:  # a setup bug (test guard, exhausted script): fail loudly
+            raise
         except Exception as err:  # an unusable fix is recorded, not fatal
             self.store.record_event("debug_failed", f"#{failed.candidate_id}: {err}"[:2000])
             return
@@ -184,6 +195,8 @@ class LLMHooks:
         except BudgetExhausted as err:
             loop.note_exhausted(str(err))
             return
+        except LLMFatalError:
+            raise
         except Exception as err:
             self.store.record_event("analyst_failed", f"#{c.candidate_id}: {err}"[:2000])
             return
@@ -260,8 +273,8 @@ def build_llm_side(cfg: CampaignConfig, db: Database, store: CampaignStore, task
     if llm is None:
         check_llm_config(cfg)
         llm = make_llm(cfg, logger)
-    elif hasattr(llm, "on_call") and getattr(llm, "on_call", None) is None:
-        llm.on_call = logger  # type: ignore[attr-defined]
+    else:
+        attach_logger(llm, logger)
     if cfg.proposer.load_builtin_knowledge:
         load_builtin_knowledge(db, task.name)
     research_chooser = chooser(cfg, "researcher")

@@ -19,6 +19,7 @@ from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from agents.llm import LLMFatalError
 from agents.types import BudgetExhausted, FailureInfo, Proposal, ProposalError, Proposer
 from discovery.config import CampaignConfig
 from discovery.fidelity import promotable
@@ -154,6 +155,8 @@ class CampaignLoop:
         except BudgetExhausted as err:
             self._exhausted = str(err)
             return
+        except LLMFatalError:  # a setup bug (test guard, exhausted script): fail loudly
+            raise
         except ProposalError as err:
             self.store.record_validator_failure(ctx, str(err), err.reply)
             self._consecutive_rejections += 1

@@ -15,6 +15,7 @@ import os
 import threading
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -98,11 +99,16 @@ def _describe(err: BaseException) -> str:
 
 
 class RayRunner:
-    """Evaluations as Ray tasks; each target's resources decide where a task may run."""
+    """Evaluations as Ray tasks; each target's resources decide where a task may run.
+
+    ``evaluate`` is the function each task runs (JSON in, JSON out); it defaults to
+    ``evaluate_job`` and is injectable so tests can make a worker die mid-evaluation.
+    """
 
     def __init__(
         self, address: str | None = None, max_in_flight: int = 2, num_cpus: int | None = None,
         runtime_env: dict[str, Any] | None = None,
+        evaluate: Callable[[str, str], str] = evaluate_job,
     ) -> None:
         import ray
 
@@ -124,7 +130,9 @@ class RayRunner:
                 kwargs["runtime_env"] = runtime_env
             ray.init(**kwargs)
             self._owns_ray = True
-        self._remote = ray.remote(max_retries=0)(evaluate_job)
+        # max_retries=0: Ray must not re-run a task whose worker died; the loop decides
+        # (records an ``infra`` row, then retries a bounded number of times).
+        self._remote = ray.remote(max_retries=0)(evaluate)
         self._refs: dict[Any, tuple[EvalJob, float]] = {}
 
     @property

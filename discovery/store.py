@@ -100,6 +100,7 @@ class CampaignStore:
         self._reference: dict[str, float] | None = None
         self._novelty = NoveltyIndex()
         self._novelty_size = -1
+        self._validator_failures: int | None = None  # counted once from the DB, then kept
 
     # ------------------------------------------------------------------ campaign
     def open_campaign(self, cfg: CampaignConfig, task: Task) -> bool:
@@ -174,9 +175,15 @@ class CampaignStore:
             ]
 
     def evaluations_started(self) -> int:
+        """Candidates that took an evaluation slot. An unusable LLM reply is stored as a
+        ``failed`` candidate of kind ``validator`` but never ran, so it does not count."""
         with self.db.read_session() as s:
             counts = repo.count_by_status(s, self.campaign_id)
-        return sum(counts.get(k, 0) for k in STARTED)
+            if self._validator_failures is None:
+                self._validator_failures = sum(
+                    1 for c in repo.candidates(s, self.campaign_id, "failed")
+                    if c.failure_kind == FailureKind.VALIDATOR.value)
+        return sum(counts.get(k, 0) for k in STARTED) - self._validator_failures
 
     def status_counts(self) -> dict[str, int]:
         with self.db.read_session() as s:
@@ -305,7 +312,10 @@ class CampaignStore:
         with self.db.session() as s:
             c = self._add(s, proposal, "failed", None, failure_kind=FailureKind.VALIDATOR.value,
                           failure_stage="propose", failure_message=message)
-            return c.id
+            cid = c.id
+        if self._validator_failures is not None:
+            self._validator_failures += 1
+        return cid
 
     def mark_running(self, candidate_id: int, attempt: int) -> None:
         with self.db.session() as s:

@@ -170,3 +170,23 @@ class StageFailure(Exception):
         self.kind = kind
         self.message = message
         self.metrics = dict(metrics or {})
+
+
+# Messages of the RuntimeError torch's allocators raise when an allocation is refused (the
+# address-space rlimit on CPU, device memory on CUDA): the exception *type* is RuntimeError,
+# so the allocator's fixed wording is the only signal it was memory.
+_ALLOCATOR_MESSAGES = ("DefaultCPUAllocator: can't allocate memory", "CUDA out of memory",
+                       "out of memory")
+
+
+def is_allocation_failure(exc: BaseException) -> bool:
+    """MemoryError, torch.OutOfMemoryError, or torch's allocator RuntimeError (kind ``oom``)."""
+    import sys
+
+    if isinstance(exc, MemoryError):
+        return True
+    torch = sys.modules.get("torch")
+    oom_type = getattr(torch, "OutOfMemoryError", None) if torch is not None else None
+    if oom_type is not None and isinstance(exc, oom_type):
+        return True
+    return isinstance(exc, RuntimeError) and any(m in str(exc)[:500] for m in _ALLOCATOR_MESSAGES)

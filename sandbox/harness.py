@@ -23,7 +23,9 @@ import types
 from collections.abc import Callable
 
 from evaluator.registry import get_task
-from evaluator.types import FailureKind, Program, StageFailure, StageResult, StageSpec, Task
+from evaluator.types import (
+    FailureKind, Program, StageFailure, StageResult, StageSpec, Task, is_allocation_failure,
+)
 from sandbox.api import EvalRequest
 from sandbox.integrity import CANDIDATE_FILENAME, CANDIDATE_MODULE, ModuleSnapshot
 from sandbox.policy import ALLOWED_MODULES, check, imported_modules
@@ -32,9 +34,6 @@ from sandbox.protocol import StageResultEvent, StageStartEvent
 _CLOCK = time.perf_counter
 _CHECK = check
 _TRACEBACK_CHARS = 3000
-_OOM_MARKERS = ("DefaultCPUAllocator: can't allocate memory", "CUDA out of memory",
-                "out of memory")
-
 Emit = Callable[[object], None]
 
 
@@ -43,15 +42,8 @@ class HarnessError(RuntimeError):
 
 
 def is_oom(exc: BaseException) -> bool:
-    """Allocator failures: MemoryError, torch.OutOfMemoryError, and the RuntimeError that
-    torch's CPU allocator raises when the address-space limit refuses an allocation."""
-    if isinstance(exc, MemoryError):
-        return True
-    torch = sys.modules.get("torch")
-    oom_type = getattr(torch, "OutOfMemoryError", None) if torch is not None else None
-    if oom_type is not None and isinstance(exc, oom_type):
-        return True
-    return isinstance(exc, RuntimeError) and any(m in str(exc)[:500] for m in _OOM_MARKERS)
+    """Allocator failures (see ``evaluator.types.is_allocation_failure``)."""
+    return is_allocation_failure(exc)
 
 
 def describe(exc: BaseException) -> tuple[str, str]:

@@ -29,6 +29,8 @@ def fail(message: str, code: int = 1) -> None:
 
 
 def console():
+    """stdout console; wide when piped so tables are not folded into an 80-column log."""
     from rich.console import Console
 
-    return Console(highlight=False, soft_wrap=False, width=max(100, Console().width))
+    probe = Console()
+    return Console(highlight=False, width=probe.width if probe.is_terminal else 160)

@@ -56,6 +56,10 @@ def run_command(
         cfg = override_model(cfg, model, api_base)
     if updates:
         cfg = cfg.model_copy(update=updates)
+    if cfg.proposer.kind == "llm":  # missing credentials fail before any database work
+        from discovery.llm_setup import check_llm_config
+
+        check_llm_config(cfg)
     database = open_db(db, cfg.database)
     try:
         campaign = build_campaign(cfg, database, json_progress=json_out)

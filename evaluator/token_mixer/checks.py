@@ -29,7 +29,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
 from evaluator.token_mixer.model import autocast_context
-from evaluator.types import FailureKind, StageFailure
+from evaluator.types import FailureKind, StageFailure, is_allocation_failure
 
 MixerFactory = Callable[[int, int], nn.Module]
 LOW_PRECISION = (torch.bfloat16, torch.float16)
@@ -54,7 +54,7 @@ def rel_error(a: torch.Tensor, b: torch.Tensor) -> float:
 
 def _reraise_resource(exc: BaseException) -> None:
     """Resource exhaustion and our own failures keep their kind; everything else is wrapped."""
-    if isinstance(exc, (StageFailure, MemoryError, torch.OutOfMemoryError, KeyboardInterrupt)):
+    if isinstance(exc, (StageFailure, KeyboardInterrupt)) or is_allocation_failure(exc):
         raise exc
 
 
