@@ -334,6 +334,11 @@ class CampaignLoop:
                 t.cancel()
             self.store.finish("stopped", "interrupted")
             raise
+        except Exception as err:  # a platform failure: record why, keep what was done
+            for t in proposing | self._background:
+                t.cancel()
+            self.store.finish("stopped", f"error: {type(err).__name__}: {err}"[:2000])
+            raise
         if self._stop_reason is None and self.evaluations_left() <= 0:
             self._stop_reason = f"max_evaluations reached ({self.cfg.budget.max_evaluations})"
         reason = self._stop_reason or "queue empty"

@@ -238,6 +238,11 @@ def setup_filesystem(config: SpawnConfig, report: dict[str, object], notes: list
     """In a fresh mount namespace: private, read-only host tree, private tmpfs scratch
     space, minimal /dev, fresh /proc. Returns the working directory."""
     syscalls.mount(None, "/", None, syscalls.MS_REC | syscalls.MS_PRIVATE)
+    # Read paths inside directories that get a private tmpfs below (a project or virtual
+    # environment checked out under /tmp, as CI does) would vanish with it: hold them open
+    # now and bind them back afterwards.
+    masked = _paths_under(config.read_paths, _MASKED_DIRS)
+    held = [(path, os.open(path, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)) for path in masked]
     _readonly_everything(notes)
     report["readonly_root"] = True
     _tmpfs(SANDBOX_TMP, config.tmpfs_bytes)
@@ -274,9 +279,26 @@ def setup_filesystem(config: SpawnConfig, report: dict[str, object], notes: list
     for path, size in (("/var/tmp", 64 << 20), ("/run", 1 << 20)):
         if os.path.isdir(path):
             _tmpfs(path, size, mode="755" if path == "/run" else "1777")
+    for path, fd in held:
+        os.makedirs(path, mode=0o755, exist_ok=True)
+        syscalls.mount(f"/proc/self/fd/{fd}", path, None, syscalls.MS_BIND | syscalls.MS_REC)
+        syscalls.mount(None, path, None, syscalls.MS_REMOUNT | syscalls.MS_BIND | syscalls.MS_RDONLY
+                       | syscalls.MS_NOSUID | syscalls.MS_NODEV)
+        os.close(fd)
+        notes.append(f"{path} lies under a private tmpfs: bound back read-only")
     os.mkdir(SANDBOX_WORKDIR, 0o700)
     os.chown(SANDBOX_WORKDIR, owner, owner)
     return SANDBOX_WORKDIR
+
+
+_MASKED_DIRS = (SANDBOX_TMP, "/var/tmp", "/run", "/dev/shm")
+
+
+def _paths_under(paths: Iterable[str], tops: Iterable[str]) -> list[str]:
+    """Existing directories of ``paths`` inside one of ``tops`` (outermost ones only)."""
+    found = sorted({os.path.realpath(p) for p in paths
+                    if os.path.isdir(p) and any(os.path.realpath(p).startswith(t + "/") for t in tops)})
+    return [p for p in found if not any(p != q and p.startswith(q + "/") for q in found)]
 
 
 def prepare_host_workdir(path: str, owner: int) -> str:
