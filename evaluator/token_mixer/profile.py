@@ -66,7 +66,11 @@ class ProfileOptions(BaseModel):
     decode_tokens: int = Field(default=8, gt=0)  # timed steps per repeat
     state_seq_len: int = Field(default=1024, gt=0)  # T at which ``state_bytes`` is reported
     timing_seq_lens: tuple[int, ...] = ()  # when set: ``timing_exponent`` at these T
-    timing_batch: int = Field(default=8, gt=0)
+    timing_batch: int = Field(default=8, gt=0)  # starting batch; doubled until saturated
+    # width of the layer timed for the exponent (None: d_model). A narrow layer at long T lets
+    # the T^2 term of attention dominate the T-linear projections, as the exponent must show.
+    timing_d_model: int | None = Field(default=None, gt=0)
+    timing_num_heads: int | None = Field(default=None, gt=0)
     count_flops: bool = True
     warmup: int = Field(default=2, ge=0)
     repeats: int = Field(default=5, gt=0)
@@ -81,12 +85,16 @@ class ProfileOptions(BaseModel):
         """GPU setting: a 1024-wide layer, 64k tokens per training batch, prefill up to 8k,
         decode after 512 and 2048 tokens (the state is built one ``step`` at a time, ~1 ms a
         token for the chunked seeds on an H100, so longer contexts cost seconds), and the
-        timing exponent over T = 1k..8k."""
+        timing exponent of a 256-wide layer over T = 2k..16k at batch 4.
+
+        Measured on one H100 (bf16) with the exponent timed on the 1024-wide layer over
+        T = 1k..8k instead: softmax attention gave 0.78-0.83 (its T-linear projections dominate
+        there), hence the narrow, long timing layer."""
         base: dict[str, Any] = dict(
             d_model=1024, num_heads=8, train_tokens=65_536, train_seq_len=2048,
             prefill_lens=(512, 2048, 8192), decode_contexts=(512, 2048), decode_batch=8,
-            decode_tokens=32, state_seq_len=8192, timing_seq_lens=(1024, 2048, 4096, 8192),
-            timing_batch=8, warmup=3, repeats=10,
+            decode_tokens=32, state_seq_len=8192, timing_seq_lens=(2048, 4096, 8192, 16384),
+            timing_batch=4, timing_d_model=256, timing_num_heads=2, warmup=3, repeats=10,
         )
         return cls(**{**base, **overrides})
 
@@ -315,10 +323,11 @@ def run_profile(
         metrics["train_tflops"] = 3.0 * flops * metrics["train_tokens_per_s"] / 1e12
     if options.timing_seq_lens:
         fit = timing_exponent(make_mixer, options.timing_seq_lens, device, dtype,
-                              options.timing_batch, d_model=options.d_model,
-                              num_heads=options.num_heads, seed=seed)
+                              options.timing_batch, d_model=options.timing_d_model or options.d_model,
+                              num_heads=options.timing_num_heads or options.num_heads, seed=seed)
         metrics["timing_exponent"] = fit.exponent
         metrics["timing_saturated"] = float(fit.saturated)
+        metrics["timing_batch"] = float(fit.batch)
     metrics["profile_s"] = time.perf_counter() - t0
     return metrics
 
@@ -354,42 +363,70 @@ def _report(t: _Timings, tokens: int, prefix: str) -> dict[str, float]:
 @dataclass(frozen=True)
 class TimingFit:
     exponent: float  # slope of log(time) against log(T) on the points used
-    seq_lens: tuple[int, ...]
+    seq_lens: tuple[int, ...]  # the T measured (a T that ran out of memory ends the list)
     times_ms: tuple[float, ...]  # median time at every T measured
     used: tuple[int, ...]  # the T whose points entered the fit
     saturated: bool  # False: fewer than two points reached ``min_ms``; the two largest were used
+    batch: int  # the batch the points were measured at
+
+
+def _median_ms(make_step: Callable[[int, int], Callable[[], None]], batch: int, t: int,
+               device: torch.device, warmup: int, repeats: int) -> float:
+    return statistics.median(time_ms(make_step(batch, t), device, warmup, repeats))
 
 
 def timing_exponent(
     make_mixer: MixerFactory, seq_lens: tuple[int, ...] | list[int], device: torch.device,
     dtype: torch.dtype, batch: int, *, d_model: int = 1024, num_heads: int = 8,
-    backward: bool = True, min_ms: float | None = None, warmup: int = 3, repeats: int = 7,
-    seed: int = 0,
+    backward: bool = True, min_ms: float | None = None, max_batch: int | None = None,
+    warmup: int = 3, repeats: int = 7, seed: int = 0,
 ) -> TimingFit:
-    """Fit time ~ T^k for forward(+backward) of one mixer layer at a fixed batch.
+    """Fit time ~ T^k for forward(+backward) of one mixer layer at a batch that saturates the
+    device.
 
-    Only points whose median time is at least ``min_ms`` enter the fit (default 2 ms on CUDA:
-    below that a small kernel sequence is launch-bound and its time does not grow with the
-    work; 0 on CPU). With fewer than two such points the two largest T are used and the fit
-    is marked unsaturated: raise the batch or T.
+    ``batch`` is the starting batch; it is doubled (up to ``max_batch``, default 16x the start)
+    until the shortest T takes at least ``min_ms`` (default 10 ms on CUDA: below a few ms a
+    small layer is launch-bound and its time does not grow with the work, measured on an H100;
+    0 on CPU). Only points of at least ``min_ms`` enter the fit; with fewer than two, the two
+    largest T are used and the fit is marked unsaturated. A T that runs out of GPU memory ends
+    the measurement at the T before it.
     """
     lens = tuple(sorted(set(int(t) for t in seq_lens)))
     if len(lens) < 2:
         raise ValueError(f"timing_exponent needs at least two sequence lengths, got {lens}")
     if min_ms is None:
-        min_ms = 2.0 if device.type == "cuda" else 0.0
+        min_ms = 10.0 if device.type == "cuda" else 0.0
+    max_batch = max_batch or 16 * batch
     mixer = _build(make_mixer, d_model, num_heads, device, seed)
     mixer.train(backward)
-    times = []
-    for t in lens:
-        fn = _train_step_fn(mixer, batch, t, d_model, device, dtype, backward=backward)
-        times.append(statistics.median(time_ms(fn, device, warmup, repeats)))
-    used = [(t, ms) for t, ms in zip(lens, times) if ms >= min_ms]
+
+    def make_step(b: int, t: int) -> Callable[[], None]:
+        return _train_step_fn(mixer, b, t, d_model, device, dtype, backward=backward)
+
+    first = _median_ms(make_step, batch, lens[0], device, warmup, repeats)
+    while first < min_ms and 2 * batch <= max_batch:
+        try:
+            first = _median_ms(make_step, 2 * batch, lens[0], device, warmup, repeats)
+        except torch.cuda.OutOfMemoryError:
+            torch.cuda.empty_cache()
+            break
+        batch *= 2
+    measured: list[tuple[int, float]] = [(lens[0], first)]
+    for t in lens[1:]:
+        try:
+            measured.append((t, _median_ms(make_step, batch, t, device, warmup, repeats)))
+        except torch.cuda.OutOfMemoryError:
+            torch.cuda.empty_cache()
+            break
+    if len(measured) < 2:
+        raise RuntimeError(f"timing_exponent: out of memory beyond T={lens[0]} at batch {batch}")
+    used = [(t, ms) for t, ms in measured if ms >= min_ms]
     saturated = len(used) >= 2
     if not saturated:
-        used = list(zip(lens, times))[-2:]
+        used = measured[-2:]
     xs = [math.log(t) for t, _ in used]
     ys = [math.log(ms) for _, ms in used]
     mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
     slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sum((x - mx) ** 2 for x in xs)
-    return TimingFit(slope, lens, tuple(times), tuple(t for t, _ in used), saturated)
+    return TimingFit(slope, tuple(t for t, _ in measured), tuple(ms for _, ms in measured),
+                     tuple(t for t, _ in used), saturated, batch)

@@ -53,9 +53,11 @@ def _only(layer: str) -> IsolationConfig:
 
 LAYER_CASES = [
     # (what is on, program, expected kind, message fragment proving which layer acted)
-    ("namespaces", "write_outside_workdir", K.IMPORT, "Read-only file system"),
+    # (a host path under /tmp is hidden by the private tmpfs rather than read-only: a
+    # checkout under /tmp, as in CI, gets the second message; both are the mount namespace)
+    ("namespaces", "write_outside_workdir", K.IMPORT, ("Read-only file system", "No such file or directory")),
     ("namespaces", "connect_to_loopback_listener", K.RUNTIME, "unreachable"),
-    ("namespaces", "write_campaign_database", K.RUNTIME, "readonly database"),
+    ("namespaces", "write_campaign_database", K.RUNTIME, ("readonly database", "unable to open database file")),
     ("landlock", "write_outside_workdir", K.IMPORT, "Permission denied"),
     ("landlock", "exfiltrate_database_by_reading", K.RUNTIME, "Permission denied"),
     ("landlock", "connect_to_loopback_listener", K.RUNTIME, "Permission denied"),
@@ -67,7 +69,7 @@ LAYER_CASES = [
 
 @pytest.mark.parametrize("layer,name,kind,fragment", LAYER_CASES,
                          ids=[f"{c[0]}-{c[1]}" for c in LAYER_CASES])
-def test_each_layer_holds_on_its_own(layer: str, name: str, kind: K, fragment: str,
+def test_each_layer_holds_on_its_own(layer: str, name: str, kind: K, fragment: str | tuple[str, ...],
                                      host: Host) -> None:
     if layer == "landlock" and abi_version() < 4:
         pytest.skip("needs Landlock ABI >= 4 (TCP rules)")
@@ -79,7 +81,8 @@ def test_each_layer_holds_on_its_own(layer: str, name: str, kind: K, fragment: s
     outcome, child = run_bypassing_policy(program, host, config)
     failure = outcome.first_failure
     assert failure is not None and failure.failure_kind is kind, failure
-    assert fragment in failure.message, failure.message
+    fragments = (fragment,) if isinstance(fragment, str) else fragment
+    assert any(f in failure.message for f in fragments), failure.message
     host.assert_unharmed(outcome, uid=child.uid, marker=f"ARCHDISCO_SANDBOX_RUN={child.marker}")
 
 

@@ -111,3 +111,15 @@ def test_profile_on_cuda_reports_peak_memory() -> None:
     m = run_profile(Recurrent, SMALL, torch.device("cuda"), torch.bfloat16, seed=0,
                     reference_make_mixer=Attention)
     assert m["peak_mem_mb"] > 0 and m["ref_peak_mem_mb"] > 0 and m["train_tokens_per_s"] > 0
+
+
+def test_timing_exponent_grows_the_batch_until_points_saturate() -> None:
+    class BatchSleeper(Sleeper):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:  # c * B * T: saturates with B
+            time.sleep(2e-6 * x.shape[0] * x.shape[1])
+            return x * self.w
+
+    fit = timing_exponent(BatchSleeper, [128, 256], CPU, torch.float32, batch=1, d_model=8,
+                          num_heads=1, min_ms=2.0, max_batch=64, warmup=0, repeats=3)
+    assert fit.batch == 8 and fit.saturated  # 1 x 128 x 2us = 0.26 ms -> 8 x 128 -> 2 ms
+    assert 0.8 < fit.exponent < 1.2
