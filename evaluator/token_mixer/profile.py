@@ -87,9 +87,12 @@ class ProfileOptions(BaseModel):
         token for the chunked seeds on an H100, so longer contexts cost seconds), and the
         timing exponent of a 256-wide layer over T = 2k..16k at batch 4.
 
-        Measured on one H100 (bf16) with the exponent timed on the 1024-wide layer over
-        T = 1k..8k instead: softmax attention gave 0.78-0.83 (its T-linear projections dominate
-        there), hence the narrow, long timing layer."""
+        Measured on one H100 (bf16) with this setting (batch grown until saturated): softmax
+        attention 1.46 (flash attention; its T-linear projections still weigh at T <= 16k), a
+        masked-quadratic "linear" attention 1.82 (out of memory at 16k, fitted on 2k-8k),
+        linear attention 0.98, DeltaNet 0.98, Mamba2-SSD 0.92, sliding window 0.97, Gated
+        DeltaNet 0.75. With the 1024-wide layer over T = 1k..8k and no batch growth, softmax
+        attention gave 0.78-0.83 (launch-bound, projection-dominated points)."""
         base: dict[str, Any] = dict(
             d_model=1024, num_heads=8, train_tokens=65_536, train_seq_len=2048,
             prefill_lens=(512, 2048, 8192), decode_contexts=(512, 2048), decode_batch=8,

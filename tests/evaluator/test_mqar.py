@@ -167,7 +167,7 @@ class HostSync(SoftmaxAttention):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_graph_training_matches_eager_and_falls_back() -> None:
     gpu = torch.device("cuda")
-    options = MQAROptions(steps=300, lrs=(1e-2,), early_stop_acc=None, stop_sweep_at=None)
+    options = MQAROptions(settings=[(64, 4)], steps=600, lrs=(3e-3,))  # learnt in ~250 steps
     graphed = run_mqar(SoftmaxAttention, options, gpu, torch.bfloat16, seed=0)
     eager = run_mqar(SoftmaxAttention, options.model_copy(update={"cuda_graph": False}), gpu,
                      torch.bfloat16, seed=0)

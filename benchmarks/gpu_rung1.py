@@ -1,0 +1,151 @@
+"""Token-mixer measurements on one GPU (issue 5 acceptance), printed as tables.
+
+    python benchmarks/gpu_rung1.py zoo        # MQAR T=256 / 16 pairs for the whole seed zoo
+    python benchmarks/gpu_rung1.py exponent   # timing exponents at saturating batch
+    python benchmarks/gpu_rung1.py cost [SEED]  # full rung-1 cost of one candidate + GPU busy %
+
+`zoo` trains every seed of the baseline zoo in the rung-1 MQAR frame (d_model 64, T = 256, 16
+key-value pairs, vocabulary 8192, batch 256, LR sweep, best LR kept) and prints accuracy,
+state size and stage time. `cost` runs the task's rung-1 stages (mqar, lm, profile) exactly as
+a campaign would on a `cuda` target, while `nvidia-smi` samples utilisation every 100 ms; it
+prints the wall time per stage and the share of samples with the GPU busy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import threading
+import time
+import types
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+
+from evaluator.registry import get_task  # noqa: E402
+from evaluator.types import Program, TargetSpec  # noqa: E402
+
+ZOO = ("softmax_attention", "sliding_window", "linear_attention", "retnet", "gla", "deltanet",
+       "gated_deltanet", "mamba2_ssd")
+
+
+def load(code: str) -> types.ModuleType:
+    module = types.ModuleType("candidate")
+    exec(compile(code, "candidate.py", "exec"), module.__dict__)  # benchmark of trusted seeds
+    return module
+
+
+def seeds() -> dict[str, str]:
+    return {s.name: s.code for s in get_task("token-mixer").seeds()}
+
+
+def zoo(args: argparse.Namespace) -> list[dict]:
+    from evaluator.token_mixer.mqar import MQAROptions, run_mqar
+
+    opts = MQAROptions.rung1(settings=((256, 16),), d_model=args.d_model, steps=args.steps,
+                             lrs=tuple(args.lrs))
+    rows = []
+    for name in args.seeds or ZOO:
+        mod = load(seeds()[name])
+        state = mod.Mixer(args.d_model, opts.num_heads)
+        size = state.state_size(256) if hasattr(state, "state_size") else float("nan")
+        t0 = time.perf_counter()
+        m = run_mqar(mod.Mixer, opts, torch.device("cuda"), torch.bfloat16, seed=0)
+        rows.append({"seed": name, "acc": m["mqar_acc"], "best_lr": m.get("mqar_best_lr_T256_kv16"),
+                     "state_elems_T256": size, "step_ms": m.get("mqar_step_ms"),
+                     "stage_s": time.perf_counter() - t0})
+        print(json.dumps(rows[-1]), flush=True)
+    print(f"\nMQAR T=256, 16 pairs, d_model {args.d_model}, steps {args.steps}, lrs {args.lrs}, "
+          f"bf16, {torch.cuda.get_device_name()}")
+    print(f"{'seed':18} {'acc':>7} {'best lr':>8} {'state@256':>10} {'step ms':>8} {'stage s':>8}")
+    for r in rows:
+        print(f"{r['seed']:18} {r['acc']:7.4f} {r['best_lr'] or 0:8.0e} {r['state_elems_T256']:10.0f} "
+              f"{r['step_ms'] or 0:8.2f} {r['stage_s']:8.1f}")
+    return rows
+
+
+def exponent(args: argparse.Namespace) -> None:
+    from evaluator.token_mixer.profile import timing_exponent
+
+    fixtures = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "mixers"
+    cases = [(n, seeds()[n]) for n in ("softmax_attention", "linear_attention", "deltanet")]
+    cases.append(("masked_quadratic_linear", (fixtures / "masked_quadratic_linear.py").read_text()))
+    print(f"\ntiming exponent, d_model {args.width}, bf16, forward+backward, {torch.cuda.get_device_name()}")
+    for name, code in cases:
+        mod = load(code)
+        fit = timing_exponent(lambda d, h, m=mod: m.Mixer(d, h), tuple(args.ts), torch.device("cuda"),
+                              torch.bfloat16, batch=1, d_model=args.width, num_heads=args.heads)
+        print(name, fit, flush=True)
+
+
+def _sample_gpu(stop: threading.Event, out: list[tuple[float, int]]) -> None:
+    proc = subprocess.Popen(["nvidia-smi", "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits",
+                             "-lms", "100"], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        if stop.is_set():
+            break
+        try:
+            out.append((time.monotonic(), int(line.strip())))
+        except ValueError:
+            continue
+    proc.terminate()
+
+
+def cost(args: argparse.Namespace) -> None:
+    task = get_task("token-mixer")
+    name = args.seed
+    program = Program(code=seeds()[name], module=load(seeds()[name]), dtype="bfloat16")
+    target = TargetSpec(name="cuda", device="cuda", dtype="bfloat16", resources={"GPU": 1.0})
+    samples: list[tuple[float, int]] = []
+    stop = threading.Event()
+    sampler = threading.Thread(target=_sample_gpu, args=(stop, samples), daemon=True)
+    sampler.start()
+    time.sleep(1.0)
+    rows = []
+    for stage in task.stages(1):
+        t0 = time.monotonic()
+        result = task.run_stage(program, stage, target)
+        t1 = time.monotonic()
+        window = [u for t, u in samples if t0 <= t <= t1]
+        busy = sum(u > 0 for u in window) / max(1, len(window))
+        rows.append((stage.name, result.ok, t1 - t0, busy, statistics.mean(window) if window else 0.0))
+        print(stage.name, result.ok, result.failure_kind, round(t1 - t0, 1),
+              {k: round(v, 4) for k, v in list(result.metrics.items())[:12]}, flush=True)
+    stop.set()
+    total = sum(r[2] for r in rows)
+    print(f"\nrung-1 cost of {name} on {torch.cuda.get_device_name()} (bf16)")
+    print(f"{'stage':10} {'ok':>4} {'wall s':>8} {'busy %':>7} {'mean util %':>12}")
+    for stage, ok, wall, busy, util in rows:
+        print(f"{stage:10} {str(ok):>4} {wall:8.1f} {100 * busy:7.1f} {util:12.1f}")
+    weighted = sum(r[2] * r[3] for r in rows) / max(total, 1e-9)
+    print(f"{'total':10} {'':>4} {total:8.1f} {100 * weighted:7.1f}")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="cmd", required=True)
+    z = sub.add_parser("zoo")
+    z.add_argument("--d-model", type=int, default=64)
+    z.add_argument("--steps", type=int, default=1600)
+    z.add_argument("--lrs", type=float, nargs="+", default=[1e-3, 3e-3, 1e-2])
+    z.add_argument("--seeds", nargs="*")
+    e = sub.add_parser("exponent")
+    e.add_argument("--ts", type=int, nargs="+", default=[4096, 8192, 16384, 32768])
+    e.add_argument("--width", type=int, default=256)
+    e.add_argument("--heads", type=int, default=4)
+    c = sub.add_parser("cost")
+    c.add_argument("seed", nargs="?", default="deltanet")
+    args = p.parse_args()
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    {"zoo": zoo, "exponent": exponent, "cost": cost}[args.cmd](args)
+
+
+if __name__ == "__main__":
+    main()
