@@ -47,9 +47,18 @@ class Runner(Protocol):
     def close(self) -> None: ...
 
 
+# Set (through the Ray runtime environment) to keep one pre-started sandbox child warm in
+# every Ray worker: the next evaluation then skips the ~1 s interpreter + torch start-up
+# (docs/PERFORMANCE.md); each child still serves exactly one evaluation.
+WARM_POOL_ENV = "DISCO_SANDBOX_WARM_POOL"
+
+
 def evaluate_job(request_json: str, limits_json: str) -> str:
     """Run one evaluation in the sandbox; JSON in, JSON out (the shape Ray ships)."""
     import sandbox  # imported lazily: Ray workers import this module by reference
+
+    if os.environ.get(WARM_POOL_ENV) == "1" and sandbox.get_default_pool() is None:
+        sandbox.configure_pool(1)
 
     outcome = sandbox.evaluate(
         EvalRequest.model_validate_json(request_json), SandboxLimits.model_validate_json(limits_json)

@@ -14,7 +14,7 @@ from discovery.hooks import CampaignHooks, NullHooks
 from discovery.loop import CampaignLoop
 from discovery.policies import make_policy
 from discovery.progress import ConsoleReporter, JsonLinesReporter, Reporter
-from discovery.runners import InlineRunner, RayRunner, Runner, ray_env_defaults
+from discovery.runners import WARM_POOL_ENV, InlineRunner, RayRunner, Runner, ray_env_defaults
 from discovery.store import CampaignStore
 from discovery.tasks import build_task
 from knowledge_base.db import Database, DatabaseError, open_database, resolve_url
@@ -42,12 +42,40 @@ def sandbox_limits(cfg: CampaignConfig) -> SandboxLimits:
     )
 
 
+def _cuda_available() -> bool:
+    try:
+        import torch
+
+        return bool(torch.cuda.is_available())
+    except Exception:
+        return False
+
+
+def cpu_fallback(cfg: CampaignConfig) -> tuple[CampaignConfig, str | None]:
+    """A `cuda` target on a machine without a GPU (and no cluster to send it to) runs every
+    stage on the CPU; the tasks then use their reduced CPU sizes (reported in the metrics,
+    e.g. `mqar_reduced = 1`). Returns the config to run and a note saying so, or no note."""
+    wants_gpu = [t for t in cfg.targets if t.device == "cuda"]
+    if not wants_gpu or cfg.runner.ray_address is not None or _cuda_available():
+        return cfg, None
+    targets = [
+        t.model_copy(update={"device": "cpu", "resources": {"CPU": 1.0}}) if t.device == "cuda" else t
+        for t in cfg.targets
+    ]
+    names = ", ".join(t.name for t in wants_gpu)
+    note = (f"no GPU on this machine: target(s) {names} run every stage on the CPU at reduced "
+            "sizes (metrics carry *_reduced = 1)")
+    return cfg.model_copy(update={"targets": targets}), note
+
+
 def make_runner(cfg: CampaignConfig) -> Runner:
     if cfg.runner.kind == "inline":
         return InlineRunner(max_in_flight=cfg.runner.max_in_flight)
     ray_env_defaults()
     try:
-        return RayRunner(address=cfg.runner.ray_address, max_in_flight=cfg.runner.max_in_flight)
+        env = {"env_vars": {WARM_POOL_ENV: "1"}} if cfg.sandbox.warm_pool else None
+        return RayRunner(address=cfg.runner.ray_address, max_in_flight=cfg.runner.max_in_flight,
+                         runtime_env=env)
     except ConnectionError as err:
         raise UserError(
             f"--ray-address {cfg.runner.ray_address!r}: cannot connect to Ray ({err}); "
@@ -77,6 +105,7 @@ def build_campaign(
     """Everything a campaign needs. ``runner`` and ``llm`` may be injected (tests)."""
     import sandbox
 
+    cfg, fallback_note = cpu_fallback(cfg)
     task = build_task(cfg.task.name, cfg.task.options)
     store = CampaignStore(database, cfg, task)
     hooks: CampaignHooks = NullHooks()
@@ -99,6 +128,8 @@ def build_campaign(
         except ValueError as err:
             raise UserError(f"[proposer] kind = 'offline': {err}; use kind = 'llm' for this task") from None
     rep = reporter or (JsonLinesReporter() if json_progress else ConsoleReporter())
+    if fallback_note:
+        rep.note(fallback_note)
     the_runner = runner or make_runner(cfg)
     if cfg.sandbox.warm_pool and hasattr(sandbox, "configure_pool") and cfg.runner.kind == "inline":
         sandbox.configure_pool(cfg.runner.max_in_flight)

@@ -155,3 +155,16 @@ def test_fidelity_ladder_promotes_top_fraction_and_reports_rank_correlation(tmp_
         corr = rung_correlations(evs, metrics=("value",))
     assert corr["rung0->rung1:value"]["spearman"] == pytest.approx(1.0)
     db.close()
+
+
+def test_cuda_target_without_gpu_falls_back_to_cpu_with_a_note(monkeypatch):
+    from discovery import session
+
+    cfg = parse_config({"targets": [{"name": "gpu", "device": "cuda", "dtype": "bfloat16",
+                                     "resources": {"GPU": 1}}]})
+    monkeypatch.setattr(session, "_cuda_available", lambda: False)
+    new, note = session.cpu_fallback(cfg)
+    assert new.targets[0].device == "cpu" and new.targets[0].resources == {"CPU": 1.0}
+    assert new.targets[0].dtype == "bfloat16" and "reduced" in note
+    monkeypatch.setattr(session, "_cuda_available", lambda: True)
+    assert session.cpu_fallback(cfg) == (cfg, None)
