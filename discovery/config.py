@@ -107,7 +107,10 @@ class SandboxConfig(_Strict):
     memory_gb: float | None = Field(None, gt=0)  # None: the sandbox default fraction of RAM
     timeout_scale: float = Field(1.0, gt=0)  # multiplies every stage timeout
     max_output_kb: int = Field(64, ge=1)
-    warm_pool: bool = True
+    # Keep a pre-started sandbox child per worker (hides ~1 s of start-up per evaluation).
+    # Off by default: with every core busy, the pre-start competes with running evaluations;
+    # measured on 2 cores it made an 8-evaluation campaign slower (docs/PERFORMANCE.md).
+    warm_pool: bool = False
 
 
 class FitnessConfig(_Strict):

@@ -131,7 +131,7 @@ def build_campaign(
     if fallback_note:
         rep.note(fallback_note)
     the_runner = runner or make_runner(cfg)
-    if cfg.sandbox.warm_pool and hasattr(sandbox, "configure_pool") and cfg.runner.kind == "inline":
+    if cfg.sandbox.warm_pool and cfg.runner.kind == "inline":
         sandbox.configure_pool(cfg.runner.max_in_flight)
     loop = CampaignLoop(
         cfg, store, task, proposer, lambda: make_policy(cfg.policy, cfg.seed), the_runner,
