@@ -94,7 +94,7 @@ class LMOptions(BaseModel):
         """GPU setting: 4 layers of d_model 128, 512-byte context, ~33M training tokens."""
         base: dict[str, Any] = dict(
             d_model=128, n_layers=4, num_heads=2, mlp_ratio=4.0, seq_len=512, batch_size=64,
-            steps=600, lr=2e-3, val_batches=16, check_every=100, max_corpus_bytes=16_000_000,
+            steps=1000, lr=2e-3, val_batches=16, check_every=100, max_corpus_bytes=16_000_000,
         )
         return cls(**{**base, **overrides})
 
