@@ -45,7 +45,7 @@ def candidates(n_variants: int, seed: int) -> list[tuple[str, str]]:
     return out
 
 
-def measure(job: tuple[str, str, int, int]) -> tuple[str, int, int, float, float]:
+def measure(job: tuple[str, str, int, int]) -> tuple[str, int, int, float, float, float]:
     name, code, factor, seed = job
     import torch
 
@@ -57,8 +57,8 @@ def measure(job: tuple[str, str, int, int]) -> tuple[str, int, int, float, float
     base = MQAROptions()
     opts = base.model_copy(update={"steps": base.steps * factor})
     t0 = time.perf_counter()
-    acc = run_mqar(module.Mixer, opts, torch.device("cpu"), torch.float32, seed=seed)["mqar_acc"]
-    return name, factor, seed, acc, time.perf_counter() - t0
+    m = run_mqar(module.Mixer, opts, torch.device("cpu"), torch.float32, seed=seed)
+    return name, factor, seed, m["mqar_acc"], m["mqar_loss"], time.perf_counter() - t0
 
 
 def main() -> None:
@@ -74,18 +74,26 @@ def main() -> None:
     with ProcessPoolExecutor(args.workers) as pool:
         results = list(pool.map(measure, jobs))
     acc: dict[tuple[str, int], list[float]] = {}
-    for name, factor, _, a, _ in results:
+    loss: dict[tuple[str, int], list[float]] = {}
+    for name, factor, _, a, lo_, _ in results:
         acc.setdefault((name, factor), []).append(a)
+        loss.setdefault((name, factor), []).append(lo_)
     names = [n for n, _ in cands]
-    lo = [sum(acc[(n, 1)]) / len(acc[(n, 1)]) for n in names]
-    hi = [sum(acc[(n, args.factor)]) / len(acc[(n, args.factor)]) for n in names]
-    print(f"{'candidate':48} {'rung0 acc':>10} {f'{args.factor}x acc':>10}")
-    for n, a, b in zip(names, lo, hi):
-        print(f"{n:48} {a:10.4f} {b:10.4f}")
-    rho = spearman(lo, hi)
-    print(f"\nSpearman(rung0, {args.factor}x steps) over {len(names)} candidates, seeds {args.seeds}: "
-          f"{rho:.3f}   ({time.perf_counter() - t0:.0f}s, {args.workers} workers, CPU)")
 
+    def mean(d: dict[tuple[str, int], list[float]], n: str, f: int) -> float:
+        return sum(d[(n, f)]) / len(d[(n, f)])
+
+    cols = [(mean(acc, n, 1), mean(acc, n, args.factor), mean(loss, n, 1), mean(loss, n, args.factor))
+            for n in names]
+    print(f"{'candidate':48} {'rung0 acc':>10} {f'{args.factor}x acc':>10} {'rung0 loss':>11} "
+          f"{f'{args.factor}x loss':>10}")
+    for n, (a, b, c, d) in zip(names, cols):
+        print(f"{n:48} {a:10.4f} {b:10.4f} {c:11.4f} {d:10.4f}")
+    rho_acc = spearman([c[0] for c in cols], [c[1] for c in cols])
+    rho_loss = spearman([c[2] for c in cols], [c[3] for c in cols])
+    print(f"\nSpearman(rung0, {args.factor}x steps) over {len(names)} candidates, seeds {args.seeds}: "
+          f"accuracy {rho_acc:.3f}, held-out query loss {rho_loss:.3f}   "
+          f"({time.perf_counter() - t0:.0f}s, {args.workers} workers, CPU)")
 
 if __name__ == "__main__":
     main()

@@ -7,7 +7,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 # Metrics whose cross-rung agreement is reported (the task's headline quality measures).
-DEFAULT_METRICS = ("mqar_acc", "lm_bpb", "lm_val_loss")
+DEFAULT_METRICS = ("mqar_acc", "mqar_loss", "lm_bpb", "lm_val_loss")
 
 
 def _ranks(values: Sequence[float]) -> list[float]:

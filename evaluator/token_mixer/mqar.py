@@ -268,6 +268,12 @@ class RunResult:
     wall_s: float
     window_step_ms: tuple[float, ...]
     graphed: bool = False  # trained by replaying a captured CUDA graph
+    loss: float = math.nan  # mean cross-entropy at held-out query positions
+
+    def rank_key(self) -> tuple[float, float]:
+        """Best run: highest accuracy, then lowest held-out loss (separates runs that tie at
+        chance or at the ceiling, where accuracy alone carries no ranking)."""
+        return (self.accuracy, -self.loss)
 
 
 def _query_logits(model: MixerLM, x: torch.Tensor, qpos: torch.Tensor) -> torch.Tensor:
@@ -342,7 +348,7 @@ def train_run(
     acc, test_loss = evaluate(model, test, b, device, dtype)
     finite = math.isfinite(test_loss)
     return RunResult(lr, acc if finite else math.nan, finite, step, time.perf_counter() - t0,
-                     tuple(windows), trainer.graphed)
+                     tuple(windows), trainer.graphed, test_loss if finite else math.nan)
 
 
 def build_data(
@@ -372,6 +378,7 @@ def run_mqar(
     t0 = time.perf_counter()
     metrics: dict[str, float] = {"mqar_reduced": float(options.reduced)}
     best_accs: list[float] = []
+    best_losses: list[float] = []
     windows: list[float] = []
     total_steps = nonfinite = graphed = runs = 0
     for setting in options.settings:
@@ -386,7 +393,7 @@ def run_mqar(
             if not run.finite:
                 nonfinite += 1
                 continue
-            if best is None or run.accuracy > best.accuracy:
+            if best is None or run.rank_key() > best.rank_key():
                 best = run
             if options.stop_sweep_at is not None and run.accuracy >= options.stop_sweep_at:
                 break
@@ -398,8 +405,11 @@ def run_mqar(
             )
         metrics[f"mqar_acc_{setting.tag}"] = best.accuracy
         metrics[f"mqar_best_lr_{setting.tag}"] = best.lr
+        metrics[f"mqar_loss_{setting.tag}"] = best.loss
         best_accs.append(best.accuracy)
+        best_losses.append(best.loss)
     metrics["mqar_acc"] = sum(best_accs) / len(best_accs)
+    metrics["mqar_loss"] = sum(best_losses) / len(best_losses)
     metrics["mqar_steps"] = float(total_steps)
     metrics["mqar_nonfinite_runs"] = float(nonfinite)
     metrics["mqar_cuda_graph"] = graphed / runs  # fraction of runs trained from a CUDA graph
