@@ -118,7 +118,8 @@ class FitnessConfig(_Strict):
     # quality (recall, LM loss) ahead of speed and size for the token-mixer task; names a task
     # does not report are ignored.
     weights: dict[str, float] = Field(default_factory=lambda: {
-        "mqar_acc": 2.0, "lm_val_loss": 2.0, "train_tokens_per_s": 1.0, "params": 0.5,
+        "mqar_acc": 2.0, "mqar_loss": 1.0, "lm_val_loss": 2.0, "train_tokens_per_s": 1.0,
+        "params": 0.5,
     })
     default_weight: float = Field(1.0, ge=0.0)
     # Steepness of the sigmoid applied to the relative improvement over the reference.

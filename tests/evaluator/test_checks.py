@@ -271,5 +271,6 @@ def test_check_interface_messages(code, words):
 
 def test_objectives_use_only_measured_metrics():
     task = TokenMixerTask()
-    objs = task.objectives({"mqar_acc": 0.5, "params": 1000.0, "lm_val_loss": float("nan")})
-    assert [(o.name, o.direction, o.value) for o in objs] == [("mqar_acc", "max", 0.5), ("params", "min", 1000.0)]
+    objs = task.objectives({"mqar_acc": 0.5, "params": 1000.0, "lm_val_loss": float("nan"), "mqar_loss": 2.0})
+    assert [(o.name, o.direction, o.value) for o in objs] == [
+        ("mqar_acc", "max", 0.5), ("mqar_loss", "min", 2.0), ("params", "min", 1000.0)]
