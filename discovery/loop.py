@@ -28,7 +28,7 @@ from discovery.policies import ArchiveView, EvaluatedCandidate, Policy
 from discovery.progress import NullReporter, Reporter
 from discovery.runners import EvalJob, JobOutcome, Runner
 from discovery.store import CampaignStore, CompletedEvaluation, QueuedCandidate, merged_metrics
-from evaluator.types import FailureKind, StageResult, Task, TargetSpec
+from evaluator.types import StageResult, Task, TargetSpec
 from sandbox.api import EvalRequest, SandboxLimits
 
 # Stop asking a proposer that keeps producing rejected or duplicate programs.

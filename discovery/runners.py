@@ -134,7 +134,7 @@ class RayRunner:
             else:
                 # A local cluster sized to the evaluations we will run at once.
                 kwargs["num_cpus"] = num_cpus or max(max_in_flight, 1)
-                kwargs["num_gpus"] = _local_gpus()
+                kwargs["num_gpus"] = local_gpu_count()
             if runtime_env:
                 kwargs["runtime_env"] = runtime_env
             ray.init(**kwargs)
@@ -185,7 +185,7 @@ class RayRunner:
             self._ray.shutdown()
 
 
-def _local_gpus() -> int:
+def local_gpu_count() -> int:
     try:
         import torch
 

@@ -14,7 +14,9 @@ from discovery.hooks import CampaignHooks, NullHooks
 from discovery.loop import CampaignLoop
 from discovery.policies import make_policy
 from discovery.progress import ConsoleReporter, JsonLinesReporter, Reporter
-from discovery.runners import WARM_POOL_ENV, InlineRunner, RayRunner, Runner, ray_env_defaults
+from discovery.runners import (
+    WARM_POOL_ENV, InlineRunner, RayRunner, Runner, local_gpu_count, ray_env_defaults,
+)
 from discovery.store import CampaignStore
 from discovery.tasks import build_task
 from knowledge_base.db import Database, DatabaseError, open_database, resolve_url
@@ -43,12 +45,7 @@ def sandbox_limits(cfg: CampaignConfig) -> SandboxLimits:
 
 
 def _cuda_available() -> bool:
-    try:
-        import torch
-
-        return bool(torch.cuda.is_available())
-    except Exception:
-        return False
+    return local_gpu_count() > 0
 
 
 def cpu_fallback(cfg: CampaignConfig) -> tuple[CampaignConfig, str | None]:

@@ -81,6 +81,11 @@ def _metrics_of(cand: Candidate, rung: int | None = None) -> dict[str, float]:
     return out
 
 
+def _failure_tail(evaluations: Sequence[Any]) -> str:
+    """Log tail of the most recent failed stage row ("" if none failed)."""
+    return next((e.log_tail for e in reversed(evaluations) if not e.ok), "") or ""
+
+
 def merged_metrics(results: Sequence[StageResult]) -> dict[str, float]:
     """Metrics of one evaluation: the first stage to report a name wins (conformance's
     `params` is at the task's setting, profile's at its own)."""
@@ -198,7 +203,7 @@ class CampaignStore:
             rows = repo.candidates(s, self.campaign_id, ("failed", "rejected"), limit=n, newest_first=True)
             out = []
             for c in rows:
-                tail = next((e.log_tail for e in reversed(c.evaluations) if not e.ok), "")
+                tail = _failure_tail(c.evaluations)
                 out.append(FailureInfo(
                     candidate_id=c.id, name=c.name, stage=c.failure_stage or "load",
                     failure_kind=c.failure_kind or "", message=c.failure_message or "",
@@ -230,7 +235,7 @@ class CampaignStore:
 
     def log_tail(self, candidate_id: int) -> str:
         with self.db.read_session() as s:
-            return next((e.log_tail for e in reversed(repo.evaluations_for(s, candidate_id)) if not e.ok), "") or ""
+            return _failure_tail(repo.evaluations_for(s, candidate_id))
 
     def parent_info(self, candidate_id: int) -> ParentInfo:
         with self.db.read_session() as s:
@@ -368,9 +373,7 @@ class CampaignStore:
                 self._reference = dict(c.objectives or {})
             c.fitness = self._fitness(objectives) if status == "evaluated" else None
             repo.add_ledger_entry(s, self.campaign_id, "evaluation", 1.0, candidate_id=c.id)
-            repo.add_ledger_entry(s, self.campaign_id, "wall_seconds", wall_s, candidate_id=c.id)
-            if self.cfg.targets[0].device == "cuda":
-                repo.add_ledger_entry(s, self.campaign_id, "gpu_seconds", wall_s, candidate_id=c.id)
+            self._charge_time(s, c.id, wall_s)
             s.flush()
             metrics: dict[str, float] = {}
             for r in results:
@@ -414,8 +417,7 @@ class CampaignStore:
             ref = repo.get_candidate(s, camp.reference_candidate_id) if camp.reference_candidate_id else None
             if ref is None:
                 return {}
-            ref_metrics = _metrics_of(ref, rung) or _metrics_of(ref, 0)
-            ref_obj = {o.name: o.value for o in self.task.objectives(ref_metrics)}
+            ref_obj = self._objectives_at(ref, rung) or self._objectives_at(ref, 0)
             out: dict[int, float] = {}
             for c in repo.candidates(s, self.campaign_id, "evaluated"):
                 if not c.feasible and not c.is_reference:
@@ -423,8 +425,7 @@ class CampaignStore:
                 m = _metrics_of(c, rung)
                 if not m or not any(e.rung == rung and e.ok for e in c.evaluations):
                     continue
-                f = self.cfg.fitness
-                fit = fitness_of(self.task.objectives(m), ref_obj, f.weights, f.default_weight, f.scale)
+                fit = self._score(self.task.objectives(m), ref_obj)
                 if fit is not None:
                     out[c.id] = fit
             return out
@@ -443,14 +444,10 @@ class CampaignStore:
                 c.objectives = {o.name: o.value for o in objectives} or c.objectives
                 camp = repo.require_campaign(s, self.campaign_id)
                 ref = repo.get_candidate(s, camp.reference_candidate_id) if camp.reference_candidate_id else None
-                ref_m = _metrics_of(ref, rung) if ref is not None else {}
-                if ref_m:
-                    f = self.cfg.fitness
-                    ref_obj = {o.name: o.value for o in self.task.objectives(ref_m)}
-                    c.fitness = fitness_of(objectives, ref_obj, f.weights, f.default_weight, f.scale)
-            repo.add_ledger_entry(s, self.campaign_id, "wall_seconds", wall_s, candidate_id=c.id)
-            if self.cfg.targets[0].device == "cuda":
-                repo.add_ledger_entry(s, self.campaign_id, "gpu_seconds", wall_s, candidate_id=c.id)
+                ref_obj = self._objectives_at(ref, rung) if ref is not None else {}
+                if ref_obj:
+                    c.fitness = self._score(objectives, ref_obj)
+            self._charge_time(s, c.id, wall_s)
             repo.add_event(s, self.campaign_id, "rung_done",
                            f"#{c.id} rung {rung}: " + ("ok" if failure is None else f"failed {failure.stage}"),
                            {"candidate": c.id, "rung": rung, "ok": failure is None})
@@ -468,10 +465,21 @@ class CampaignStore:
 
     def _fitness(self, objectives: Sequence[Objective]) -> float | None:
         ref = self.reference_metrics()
-        if ref is None:
-            return None
+        return None if ref is None else self._score(objectives, ref)
+
+    def _score(self, objectives: Sequence[Objective], reference: dict[str, float]) -> float | None:
         f = self.cfg.fitness
-        return fitness_of(objectives, ref, f.weights, f.default_weight, f.scale)
+        return fitness_of(objectives, reference, f.weights, f.default_weight, f.scale)
+
+    def _objectives_at(self, cand: Candidate, rung: int) -> dict[str, float]:
+        """A candidate's objective values from one rung's metrics (empty if it has none)."""
+        return {o.name: o.value for o in self.task.objectives(_metrics_of(cand, rung))}
+
+    def _charge_time(self, s, candidate_id: int, wall_s: float) -> None:
+        """Ledger the sandbox wall time of an evaluation (and as GPU time on a cuda target)."""
+        repo.add_ledger_entry(s, self.campaign_id, "wall_seconds", wall_s, candidate_id=candidate_id)
+        if self.cfg.targets[0].device == "cuda":
+            repo.add_ledger_entry(s, self.campaign_id, "gpu_seconds", wall_s, candidate_id=candidate_id)
 
     def recompute_fitness(self) -> bool:
         """Recompute every evaluated candidate's fitness (after the reference is measured)."""

@@ -8,7 +8,6 @@ from typing import Annotated, Any
 
 import typer
 
-from discovery.errors import UserError
 
 DbOption = Annotated[
     str | None,
@@ -22,10 +21,6 @@ CampaignOption = Annotated[
 
 def print_json(obj: Any) -> None:
     sys.stdout.write(json.dumps(obj, indent=2, default=str) + "\n")
-
-
-def fail(message: str, code: int = 1) -> None:
-    raise UserError(message) if code == 1 else typer.Exit(code)
 
 
 def console():

@@ -42,9 +42,5 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(err.exit_code) from None
 
 
-def _typer_main_with_errors() -> None:  # pragma: no cover - alias for `python -m`
-    main()
-
-
 if __name__ == "__main__":
     main()
