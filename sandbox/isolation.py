@@ -139,9 +139,7 @@ def _simulate_unprivileged_start(config: SpawnConfig, notes: list[str]) -> None:
     if any(blocked_ancestor(p) for p in config.read_paths):
         syscalls.unshare(syscalls.CLONE_NEWNS)
         syscalls.mount(None, "/", None, syscalls.MS_REC | syscalls.MS_PRIVATE)
-        _tmpfs(SANDBOX_TMP, 1 << 20)
-        expose_paths(config.read_paths, SANDBOX_TMP, notes)
-        syscalls.umount2(SANDBOX_TMP, syscalls.MNT_DETACH)
+        expose_paths(config.read_paths, notes)
         notes.append("simulation: the Python installation was made reachable for the "
                      "unprivileged uid by a preparatory mount namespace")
     assert config.uid is not None
@@ -168,35 +166,41 @@ def blocked_ancestor(path: str) -> str | None:
     return None
 
 
-def expose_paths(paths: Iterable[str], staging: str, notes: list[str]) -> None:
+def expose_paths(paths: Iterable[str], notes: list[str]) -> None:
     """Make ``paths`` reachable for an unprivileged uid when an ancestor directory is not
-    traversable (e.g. a Python installation under /root): replace that ancestor, in this
-    mount namespace only, by a tmpfs holding read-only bind mounts of just those paths (its
-    other contents stay hidden)."""
+    traversable (e.g. a Python installation under /root, or a checkout under a 0700 temporary
+    directory): replace that ancestor, in this mount namespace only, by a tmpfs holding
+    read-only bind mounts of just those paths (its other contents stay hidden)."""
     groups: dict[str, list[str]] = {}
     for path in paths:
         top = blocked_ancestor(path)
         if top is not None and os.path.exists(path):
             groups.setdefault(top, []).append(os.path.realpath(path))
-    for index, (top, subs) in enumerate(sorted(groups.items())):
+    for top, subs in sorted(groups.items()):
         subs = sorted(set(subs))
         keep = [p for p in subs if not any(p != q and p.startswith(q + "/") for q in subs)]
-        stage = os.path.join(staging, f".expose-{index}")
-        os.mkdir(stage)
-        syscalls.mount(top, stage, None, syscalls.MS_BIND | syscalls.MS_REC)
+        held = _hold(keep)
         _tmpfs(top, 1 << 20, mode="755")
-        for path in keep:
-            rel = os.path.relpath(path, top)
-            target = top if rel == "." else os.path.join(top, rel)
-            os.makedirs(target, mode=0o755, exist_ok=True)
-            syscalls.mount(os.path.join(stage, rel), target, None, syscalls.MS_BIND | syscalls.MS_REC)
-            syscalls.mount(None, target, None,
-                           syscalls.MS_REMOUNT | syscalls.MS_BIND | syscalls.MS_RDONLY)
+        for path, fd in held:
+            _bind_back(path, fd)
         syscalls.mount(None, top, None, syscalls.MS_REMOUNT | syscalls.MS_RDONLY | syscalls.MS_NOSUID
                        | syscalls.MS_NODEV, "size=1048576,mode=755")
-        syscalls.umount2(stage, syscalls.MNT_DETACH)
-        os.rmdir(stage)
         notes.append(f"{top} is not traversable by other users: exposed only {', '.join(keep)}")
+
+
+def _hold(paths: Iterable[str]) -> list[tuple[str, int]]:
+    """O_PATH descriptors of ``paths``: they keep reaching the directories after a mount
+    covers them, so ``_bind_back`` can mount them again."""
+    return [(path, os.open(path, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)) for path in paths]
+
+
+def _bind_back(path: str, fd: int) -> None:
+    """Bind the directory held by ``fd`` read-only at ``path`` (creating the mount point)."""
+    os.makedirs(path, mode=0o755, exist_ok=True)
+    syscalls.mount(f"/proc/self/fd/{fd}", path, None, syscalls.MS_BIND | syscalls.MS_REC)
+    syscalls.mount(None, path, None, syscalls.MS_REMOUNT | syscalls.MS_BIND | syscalls.MS_RDONLY
+                   | syscalls.MS_NOSUID | syscalls.MS_NODEV)
+    os.close(fd)
 
 
 def _become(uid: int) -> None:
@@ -241,14 +245,13 @@ def setup_filesystem(config: SpawnConfig, report: dict[str, object], notes: list
     # Read paths inside directories that get a private tmpfs below (a project or virtual
     # environment checked out under /tmp, as CI does) would vanish with it: hold them open
     # now and bind them back afterwards.
-    masked = _paths_under(config.read_paths, _MASKED_DIRS)
-    held = [(path, os.open(path, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)) for path in masked]
+    held = _hold(_paths_under(config.read_paths, _MASKED_DIRS))
     _readonly_everything(notes)
     report["readonly_root"] = True
     _tmpfs(SANDBOX_TMP, config.tmpfs_bytes)
     report["private_tmp"] = True
     if owner != os.geteuid():
-        expose_paths(config.read_paths, SANDBOX_TMP, notes)
+        expose_paths(config.read_paths, notes)
     staging = os.path.join(SANDBOX_TMP, ".host-dev")
     os.mkdir(staging)
     syscalls.mount("/dev", staging, None, syscalls.MS_BIND | syscalls.MS_REC)
@@ -280,11 +283,7 @@ def setup_filesystem(config: SpawnConfig, report: dict[str, object], notes: list
         if os.path.isdir(path):
             _tmpfs(path, size, mode="755" if path == "/run" else "1777")
     for path, fd in held:
-        os.makedirs(path, mode=0o755, exist_ok=True)
-        syscalls.mount(f"/proc/self/fd/{fd}", path, None, syscalls.MS_BIND | syscalls.MS_REC)
-        syscalls.mount(None, path, None, syscalls.MS_REMOUNT | syscalls.MS_BIND | syscalls.MS_RDONLY
-                       | syscalls.MS_NOSUID | syscalls.MS_NODEV)
-        os.close(fd)
+        _bind_back(path, fd)
         notes.append(f"{path} lies under a private tmpfs: bound back read-only")
     os.mkdir(SANDBOX_WORKDIR, 0o700)
     os.chown(SANDBOX_WORKDIR, owner, owner)
@@ -359,7 +358,10 @@ def harden(config: SpawnConfig, workdir: str, private_tmp: bool, report: dict[st
         else:
             proc = [f"/proc/{os.getpid()}", *(f"/proc/{name}" for name in PROC_READABLE)]
         try:
-            landlock.restrict([*config.read_paths, *proc], writable, devices)
+            # Python's import system lists each sys.path directory (a project root whose
+            # packages are readable): allow listing the parents of the readable paths.
+            parents = sorted({os.path.dirname(p) for p in config.read_paths} - {"/"})
+            landlock.restrict([*config.read_paths, *proc], writable, devices, parents)
             report["landlock"] = True
         except OSError as exc:
             notes.append(f"Landlock not enforced ({exc.strerror or exc})")

@@ -85,11 +85,12 @@ def _fs_rights(abi: int) -> int:
 
 
 def restrict(read_paths: Iterable[str], write_paths: Iterable[str],
-             device_paths: Iterable[str]) -> dict[str, object]:
+             device_paths: Iterable[str], list_paths: Iterable[str] = ()) -> dict[str, object]:
     """Restrict this thread (and its future threads and children) for good.
 
     ``read_paths`` become readable and executable, ``write_paths`` fully writable,
-    ``device_paths`` readable and writable as files. Paths that do not exist are skipped.
+    ``device_paths`` readable and writable as files, ``list_paths`` listable (names only,
+    no file contents). Paths that do not exist are skipped.
     Returns what was enforced; raises OSError if Landlock is unavailable or refuses.
     """
     abi = abi_version()
@@ -105,6 +106,7 @@ def restrict(read_paths: Iterable[str], write_paths: Iterable[str],
         rules = [(p, READ) for p in read_paths]
         rules += [(p, READ | WRITE) for p in write_paths]
         rules += [(p, READ_FILE | WRITE_FILE | IOCTL_DEV) for p in device_paths]
+        rules += [(p, READ_DIR) for p in list_paths]  # names only: files stay unreadable
         added: list[str] = []
         for path, rights in rules:
             try:
