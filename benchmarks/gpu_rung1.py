@@ -2,13 +2,17 @@
 
     python benchmarks/gpu_rung1.py zoo        # MQAR T=256 / 16 pairs for the whole seed zoo
     python benchmarks/gpu_rung1.py exponent   # timing exponents at saturating batch
+    python benchmarks/gpu_rung1.py compile [SEEDS]  # eager vs torch.compile'd mixers, per step
     python benchmarks/gpu_rung1.py cost [SEED]  # full rung-1 cost of one candidate + GPU busy %
+    python benchmarks/gpu_rung1.py cost [SEED] --sandbox  # the same, through the sandbox
 
 `zoo` trains every seed of the baseline zoo in the rung-1 MQAR frame (d_model 64, T = 256, 16
 key-value pairs, vocabulary 8192, batch 256, LR sweep, best LR kept) and prints accuracy,
 state size and stage time. `cost` runs the task's rung-1 stages (mqar, lm, profile) exactly as
 a campaign would on a `cuda` target, while `nvidia-smi` samples utilisation every 100 ms; it
-prints the wall time per stage and the share of samples with the GPU busy.
+prints the wall time per stage and the share of samples with the GPU busy. With `--sandbox`
+the stages run as a campaign's worker runs them: one sandboxed child evaluates the candidate
+(`sandbox.launcher.run_evaluation`), and the child's start-up and load count in the total.
 """
 
 from __future__ import annotations
@@ -84,6 +88,63 @@ def exponent(args: argparse.Namespace) -> None:
         print(name, fit, flush=True)
 
 
+def compile_speed(args: argparse.Namespace) -> None:
+    """Eager vs torch.compile'd mixers: forward+backward of one mixer at the rung-1 MQAR shapes
+    (B 256, T 256, d_model 128, 2 heads, bf16 autocast), then the rung-1 MQAR training step
+    (CUDA graph) with eager mixers, with compiled ones, and a second compiled model of the
+    same class (is the compiled code reused?)."""
+    from evaluator.token_mixer.mqar import MQAROptions, run_mqar
+
+    dev = torch.device("cuda")
+
+    def timed(fn, n: int = 20) -> float:
+        for _ in range(3):
+            fn()
+        torch.cuda.synchronize()
+        samples = []
+        for _ in range(5):
+            t0 = time.perf_counter()
+            for _ in range(n):
+                fn()
+            torch.cuda.synchronize()
+            samples.append(1000.0 * (time.perf_counter() - t0) / n)
+        return statistics.median(samples)
+
+    names = args.seeds or ["gated_deltanet", "deltanet", "softmax_attention", "mamba2_ssd"]
+    print(f"mixer forward+backward, {torch.cuda.get_device_name()}")
+    for name in names:
+        mod = load(seeds()[name])
+        x = torch.randn(256, 256, 128, device=dev, requires_grad=True)
+        row = {}
+        for tag in ("eager", "compiled"):
+            mixer = mod.Mixer(128, 2).to(dev)
+            if tag == "compiled":
+                mixer = torch.compile(mixer, dynamic=False)
+
+            def step(m=mixer) -> None:
+                with torch.autocast("cuda", dtype=torch.bfloat16):
+                    y = m(x)
+                y.float().sum().backward()
+            t0 = time.perf_counter()
+            step()
+            torch.cuda.synchronize()
+            first = time.perf_counter() - t0
+            row[tag] = (timed(step), first)
+        print(f"{name:18} eager {row['eager'][0]:7.2f} ms  compiled {row['compiled'][0]:7.2f} ms  "
+              f"speed-up {row['eager'][0] / row['compiled'][0]:4.2f}  first compiled call "
+              f"{row['compiled'][1]:5.1f} s", flush=True)
+    opts = MQAROptions.rung1(settings=((256, 16),), steps=args.steps, lrs=(3e-3,),
+                             early_stop_acc=None, stop_sweep_at=None)
+    print(f"\nrung-1 MQAR step (T 256, 16 pairs, {args.steps} steps, CUDA graph)")
+    for name in names:
+        mod = load(seeds()[name])
+        for tag, compiled in (("eager", False), ("compiled", True), ("compiled again", True)):
+            t0 = time.perf_counter()
+            m = run_mqar(mod.Mixer, opts.model_copy(update={"compile": compiled}), dev, torch.bfloat16, 0)
+            print(f"{name:18} {tag:15} step {m['mqar_step_ms']:6.2f} ms  graphs "
+                  f"{m['mqar_compiled_graphs']:.0f}  stage {time.perf_counter() - t0:5.1f} s", flush=True)
+
+
 def _sample_gpu(stop: threading.Event, out: list[tuple[float, int]]) -> None:
     proc = subprocess.Popen(["nvidia-smi", "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits",
                              "-lms", "100"], stdout=subprocess.PIPE, text=True)
@@ -98,6 +159,38 @@ def _sample_gpu(stop: threading.Event, out: list[tuple[float, int]]) -> None:
     proc.terminate()
 
 
+def _sandboxed(task, name: str, target: TargetSpec, samples: list[tuple[float, int]]) -> list[tuple]:
+    """Run rung 1 in one sandboxed child; per-stage windows come from the stage wall times
+    (stages run back to back after the child's start-up and the implicit load stage)."""
+    from sandbox.api import EvalRequest, SandboxLimits
+    from sandbox.launcher import run_evaluation
+
+    request = EvalRequest(task="token-mixer", code=seeds()[name], stages=task.stages(1), target=target)
+    t0 = time.monotonic()
+    outcome = run_evaluation(request, SandboxLimits(wall_timeout_s=1800))
+    t_end = time.monotonic()
+    if not outcome.ok:
+        print("sandboxed evaluation failed:", outcome.first_failure, "\n", outcome.log_tail[-3000:])
+    stage_wall = sum(r.wall_s for r in outcome.results)
+    rows, t = [], t_end - stage_wall  # start of the first stage: after spawn and imports
+    rows.append(("spawn", True, t - t0, _busy(samples, t0, t)[0], _busy(samples, t0, t)[1]))
+    for r in outcome.results:
+        busy, util = _busy(samples, t, t + r.wall_s)
+        rows.append((r.stage, r.ok, r.wall_s, busy, util))
+        print(r.stage, r.ok, r.failure_kind, round(r.wall_s, 1),
+              {k: round(v, 4) for k, v in r.metrics.items() if not k.startswith(("prefill", "decode", "lm_corpus"))}, flush=True)
+        t += r.wall_s
+    iso = outcome.results[0].artifacts.get("isolation", {}) if outcome.results else {}
+    print("isolation:", {k: iso.get(k) for k in ("mode", "seccomp", "landlock", "notes")})
+    return rows
+
+
+def _busy(samples: list[tuple[float, int]], t0: float, t1: float) -> tuple[float, float]:
+    window = [u for t, u in samples if t0 <= t <= t1]
+    busy = sum(u > 0 for u in window) / max(1, len(window))
+    return busy, statistics.mean(window) if window else 0.0
+
+
 def cost(args: argparse.Namespace) -> None:
     task = get_task("token-mixer")
     name = args.seed
@@ -109,13 +202,13 @@ def cost(args: argparse.Namespace) -> None:
     sampler.start()
     time.sleep(1.0)
     rows = []
-    for stage in task.stages(1):
+    if args.sandbox:
+        rows = _sandboxed(task, name, target, samples)
+    for stage in ([] if args.sandbox else task.stages(1)):
         t0 = time.monotonic()
         result = task.run_stage(program, stage, target)
         t1 = time.monotonic()
-        window = [u for t, u in samples if t0 <= t <= t1]
-        busy = sum(u > 0 for u in window) / max(1, len(window))
-        rows.append((stage.name, result.ok, t1 - t0, busy, statistics.mean(window) if window else 0.0))
+        rows.append((stage.name, result.ok, t1 - t0, *_busy(samples, t0, t1)))
         print(stage.name, result.ok, result.failure_kind, round(t1 - t0, 1),
               {k: round(v, 4) for k, v in list(result.metrics.items())[:12]}, flush=True)
     stop.set()
@@ -140,11 +233,15 @@ def main() -> None:
     e.add_argument("--ts", type=int, nargs="+", default=[4096, 8192, 16384, 32768])
     e.add_argument("--width", type=int, default=256)
     e.add_argument("--heads", type=int, default=4)
+    k = sub.add_parser("compile")
+    k.add_argument("seeds", nargs="*")
+    k.add_argument("--steps", type=int, default=300)
     c = sub.add_parser("cost")
     c.add_argument("seed", nargs="?", default="deltanet")
+    c.add_argument("--sandbox", action="store_true", help="evaluate through the sandbox, as a worker does")
     args = p.parse_args()
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
-    {"zoo": zoo, "exponent": exponent, "cost": cost}[args.cmd](args)
+    {"zoo": zoo, "exponent": exponent, "compile": compile_speed, "cost": cost}[args.cmd](args)
 
 
 if __name__ == "__main__":

@@ -81,6 +81,10 @@ def scrubbed_environment(source: Mapping[str, str], *, pythonpath: Iterable[str]
         "PYTHONDONTWRITEBYTECODE": "1",
         "PYTHONNOUSERSITE": "1",
         "HOME": "/nonexistent",  # the harness points HOME at its working directory
+        # the child's uid has no passwd entry: getpass.getuser() (torch.compile's cache
+        # directories use it) reads these first instead of failing
+        "USER": "archdisco-sandbox",
+        "LOGNAME": "archdisco-sandbox",
         MARKER_ENV: marker,
     })
     env.update({name: str(torch_threads) for name in THREAD_ENV})
@@ -343,16 +347,27 @@ def harden(config: SpawnConfig, workdir: str, private_tmp: bool, report: dict[st
         syscalls.prctl(syscalls.PR_SET_NO_NEW_PRIVS, 1)
         report["no_new_privs"] = True
         syscalls.prctl(syscalls.PR_SET_PDEATHSIG, signal.SIGKILL)
+    gpus = gpu_devices()
+    if gpus:
+        notes.append("NVIDIA devices exposed: AF_UNIX sockets allowed and /proc writable as "
+                     "file permissions allow (the CUDA driver needs both)")
     if config.seccomp:
         try:
-            seccomp.install()
+            seccomp.install(allow_unix_sockets=bool(gpus))
             report["seccomp"] = True
         except OSError as exc:
             notes.append(f"seccomp filter not installed ({exc.strerror or exc})")
     report["landlock_abi"] = landlock.abi_version()
     if config.landlock and report["landlock_abi"]:
         writable = [workdir] + ([SANDBOX_TMP, "/var/tmp", "/dev/shm"] if private_tmp else [])
-        devices = [f"/dev/{name}" for name in _DEVICES] + gpu_devices()
+        if gpus:
+            # The CUDA driver names its threads (/proc/self/task/<tid>/comm) and cuInit fails
+            # with 304 when it cannot. With a fresh /proc (a PID namespace: only the sandbox's
+            # own processes are listed) all of /proc is writable as far as file permissions
+            # allow, so processes the harness starts (torch.compile's workers) can use the GPU
+            # too; otherwise only this process's own task directory.
+            writable.append("/proc" if report.get("fresh_proc") else f"/proc/{os.getpid()}/task")
+        devices = [f"/dev/{name}" for name in _DEVICES] + gpus
         if report.get("fresh_proc"):  # a /proc that shows only the sandbox's processes
             proc = ["/proc"]
         else:

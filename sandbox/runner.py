@@ -5,7 +5,8 @@ Order of events (nothing from the candidate is read before isolation is complete
    close-on-exec; read the ``SpawnConfig`` line (HMAC key, isolation settings);
 2. isolate (``sandbox.isolation``): namespaces, private read-only file system, unique uid,
    no_new_privs, seccomp, Landlock. With a PID namespace there are three processes: the
-   first stays outside as a monitor, PID 1 inside only waits, the harness is PID 2; the
+   first stays outside as a monitor, PID 1 inside only waits, the harness is PID 2 (both
+   confined by the same no_new_privs / seccomp / Landlock layers); the
    harness's wait status travels back over a pipe and the monitor exits the same way (same
    signal or code), so the driver reads the real exit cause from its own ``wait4``;
 3. import torch and the other preloads, bind the harness's own references, take the module
@@ -177,18 +178,21 @@ def _isolate(spawn: SpawnConfig, request_fd: int, result_fd: int) -> tuple[str, 
     os.environ["HOME"] = workdir
     os.environ["TMPDIR"] = isolation.SANDBOX_TMP if mode != "none" else workdir
     fields["workdir"] = workdir
-    isolation.harden(spawn, workdir, mode != "none", fields, notes)
     if mode != "none":
         # The harness runs as an ordinary process (PID 2) under an init that only waits, so
         # signals and rlimits (SIGXCPU) act on it normally; init's exit ends the namespace.
+        # Each of the two hardens itself after the fork: Landlock rules name the process's
+        # own /proc/<pid>/task where a GPU needs it writable (isolation.harden).
         harness = os.fork()
         if harness:
             os.close(request_fd)
             os.close(result_fd)
+            isolation.harden(spawn, workdir, True, {}, [])
             _init_monitor(harness, status_w)
         os.close(status_w)
         if syscalls.AVAILABLE:
             syscalls.prctl(syscalls.PR_SET_PDEATHSIG, signal.SIGKILL)
+    isolation.harden(spawn, workdir, mode != "none", fields, notes)
     return mode, fields, notes
 
 

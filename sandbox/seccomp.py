@@ -5,6 +5,11 @@ aarch64 Linux. It is a second, namespace-independent network barrier: even where
 namespaces are unavailable, ``socket()`` fails with EACCES for every address family (so no
 TCP/UDP to the host or elsewhere, and no connecting to Unix-domain sockets of host daemons).
 ``socketpair()`` stays allowed (it cannot reach anything outside the process tree).
+Where the sandbox exposes NVIDIA devices, ``socket(AF_UNIX, ...)`` is allowed too: the CUDA
+driver opens one during ``cuInit`` and fails (CUDA_ERROR_OPERATING_SYSTEM, 304) when refused
+(measured on an H100 host). What it can reach stays small: the child's network namespace has
+its own abstract socket names (and Landlock's abstract-socket scope applies on ABI >= 6), and
+/tmp, /run and /var/tmp are private tmpfs, so no host daemon's socket file is in view there.
 
 Also refused: io_uring (it can open sockets and files without passing through the checks
 above), ptrace / process_vm_*, bpf, perf_event_open, userfaultfd, the kernel keyring,
@@ -57,6 +62,7 @@ _ERRNO = {"socket": errno.EACCES, "io_uring_setup": errno.ENOSYS,
           "io_uring_enter": errno.ENOSYS, "io_uring_register": errno.ENOSYS,
           "clone3": errno.ENOSYS}
 
+AF_UNIX = 1
 _LD_W_ABS = 0x20
 _JEQ_K = 0x15
 _JGE_K = 0x35
@@ -83,8 +89,9 @@ def supported() -> bool:
     return syscalls.AVAILABLE and syscalls.MACHINE in _AUDIT_ARCH
 
 
-def build_filter(machine: str) -> list[tuple[int, int, int, int]]:
-    """The BPF program as (code, jt, jf, k) tuples for ``machine``."""
+def build_filter(machine: str, allow_unix_sockets: bool = False) -> list[tuple[int, int, int, int]]:
+    """The BPF program as (code, jt, jf, k) tuples for ``machine``. ``allow_unix_sockets``
+    lets ``socket(AF_UNIX, ...)`` through (every other family still gets EACCES)."""
     arch = _AUDIT_ARCH[machine]
     column = 0 if arch == 0xC000003E else 1
     prog: list[tuple[int, int, int, int]] = [
@@ -100,6 +107,15 @@ def build_filter(machine: str) -> list[tuple[int, int, int, int]]:
         if number is None or name == "clone":
             continue
         action = _RET_ERRNO | _ERRNO.get(name, errno.EPERM)
+        if name == "socket" and allow_unix_sockets:
+            prog += [
+                (_JEQ_K, 0, 4, number),
+                (_LD_W_ABS, 0, 0, 16),  # low half of args[0]: the address family
+                (_JEQ_K, 0, 1, AF_UNIX),
+                (_RET_K, 0, 0, _RET_ALLOW),
+                (_RET_K, 0, 0, action),
+            ]
+            continue
         prog += [(_JEQ_K, 0, 1, number), (_RET_K, 0, 0, action)]
     clone = _SYSCALLS["clone"][column]
     assert clone is not None
@@ -113,14 +129,14 @@ def build_filter(machine: str) -> list[tuple[int, int, int, int]]:
     return prog
 
 
-def install() -> None:
+def install(allow_unix_sockets: bool = False) -> None:
     """Install the filter on the calling thread (and everything it later creates).
 
     Requires ``no_new_privs`` (or CAP_SYS_ADMIN); raises OSError when the kernel refuses.
     """
     if not supported():
         raise OSError(errno.ENOSYS, f"seccomp filter not available on {syscalls.MACHINE}")
-    prog = build_filter(syscalls.MACHINE)
+    prog = build_filter(syscalls.MACHINE, allow_unix_sockets)
     array = (_SockFilter * len(prog))(*[_SockFilter(*ins) for ins in prog])
     fprog = _SockFprog(len(prog), array)
     syscalls.prctl(syscalls.PR_SET_SECCOMP, syscalls.SECCOMP_MODE_FILTER,

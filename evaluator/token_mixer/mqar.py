@@ -16,9 +16,12 @@ learning rate of a small sweep; the best learning rate per setting is kept (line
 very sensitive to it). Data are deterministic per seed (CPU generator, then moved to the
 device), model initialisation is identical across the sweep, and the training loop keeps the
 device busy: on CUDA the whole step is a replayed CUDA graph where the candidate allows it
-(``training.py``), and there is no host synchronisation except every ``check_every`` steps,
-where the loss is checked for non-finite values and the step time of the window is recorded.
-The frame's token shift is on by default (see ``model.py``).
+(``training.py``), the candidate's mixers are trained through ``torch.compile`` (``compile``,
+on CUDA only: ``MixerLM.compile_mixers``; the mixer keeps running eagerly where it cannot be
+compiled, and ``mqar_compiled_graphs`` counts what was), and there is no host synchronisation
+except every ``check_every`` steps, where the loss is checked for non-finite values and the
+step time of the window is recorded. The frame's token shift is on by default (see
+``model.py``).
 
 Rung 0 (the defaults: T=64 with 16 pairs, one layer, 400 steps, LRs 1e-2 then 3e-3), measured
 on one CPU thread per job for the seed zoo with seeds 0, 1, 2: softmax and sliding-window
@@ -116,6 +119,7 @@ class MQAROptions(BaseModel):
     early_stop_acc: float | None = 0.995  # stop a run once a window's train accuracy reaches it
     stop_sweep_at: float | None = 0.99  # skip the remaining LRs once a run's eval accuracy does
     cuda_graph: bool = True  # on CUDA, replay a captured graph of the step (training.py)
+    compile: bool = True  # on CUDA, train through torch.compile'd mixers (MixerLM.compile_mixers)
     reduced: bool = False  # set by cpu_fallback(): reported as mqar_reduced=1
 
     @model_validator(mode="after")
@@ -142,16 +146,15 @@ class MQAROptions(BaseModel):
         """The GPU setting of rung 1: Zoology's vocabulary (8192), d_model 128, seq_len 256 with
         16 and 64 pairs, a two-point LR sweep, 2000 steps at batch 256 per run (a run stops
         early once its training accuracy reaches 0.995, and the sweep stops once a run reaches
-        0.99 on held-out data). Cutting to 1500 steps (and the LM stage to 600) brought the
-        slowest seed only to 185 s but dropped its 64-pair accuracy from 0.93 to 0.35 (below
-        the transition), so the longer budget stays (docs/PERFORMANCE.md).
+        0.99 on held-out data).
 
-        Sized to the 3 GPU-minute rung-1 budget: with 3 settings (16/32/64 pairs) at 1600 steps
-        the slowest seed (Gated DeltaNet, 26.5 ms a step on an H100 in bf16) took 239 s for
-        MQAR alone and 291 s for the whole rung (docs/PERFORMANCE.md). Earlier measurements with
-        16/32/64 pairs at 2000 steps, accuracy and stage time: softmax attention 0.9996 / 0.9997
-        / 0.9995 (23 s), DeltaNet 0.998 / 0.994 / 0.999 (146 s), plain linear attention 0.986 /
-        0.598 / 0.113 (119 s)."""
+        Cost on an H100 through the sandbox, Gated DeltaNet (the slowest seed): 133 s for this
+        stage with compiled mixers (12.5 ms a step, 6700 steps; accuracy 0.998 / 0.943), 191.5 s
+        for the whole rung (docs/PERFORMANCE.md). Cutting to 1500 steps dropped its 64-pair
+        accuracy from 0.93 to 0.35 (below the transition), so the budget stays at 2000 steps.
+        Earlier measurements with 16/32/64 pairs at 2000 steps, eager: softmax attention 0.9996
+        / 0.9997 / 0.9995, DeltaNet 0.998 / 0.994 / 0.999, plain linear attention 0.986 / 0.598
+        / 0.113."""
         base: dict[str, Any] = dict(
             settings=((256, 16), (256, 64)), vocab_size=8192, d_model=128,
             n_layers=2, num_heads=2, batch_size=256, steps=2000, lrs=(1e-3, 3e-3),
@@ -205,13 +208,13 @@ def _distinct_ints(n: int, k: int, low: int, high: int, gen: torch.Generator) ->
     if m <= 4 * k:  # dense: random scores, top-k is a uniformly random ordered k-subset
         return torch.rand(n, m, generator=gen).topk(k, dim=1).indices + low
     out = torch.randint(low, high, (n, k), generator=gen)
+    rows = torch.arange(n)
     while True:  # sparse: redraw rows with a repeat (uniform over distinct ordered tuples)
-        s = out.sort(dim=1).values
-        bad = (s[:, 1:] == s[:, :-1]).any(dim=1)
-        n_bad = int(bad.sum())
-        if n_bad == 0:
+        s = out[rows].sort(dim=1).values  # only rows redrawn last round can have a repeat
+        rows = rows[(s[:, 1:] == s[:, :-1]).any(dim=1)]
+        if rows.numel() == 0:
             return out
-        out[bad] = torch.randint(low, high, (n_bad, k), generator=gen)
+        out[rows] = torch.randint(low, high, (rows.numel(), k), generator=gen)
 
 
 def generate_mqar(
@@ -276,6 +279,14 @@ class RunResult:
         return (self.accuracy, -self.loss)
 
 
+def compiled_graphs() -> int:
+    """Graphs torch.compile has built in this process so far (0 when nothing compiled)."""
+    import sys
+
+    dynamo = sys.modules.get("torch._dynamo.utils")
+    return int(dynamo.counters["stats"]["unique_graphs"]) if dynamo is not None else 0
+
+
 def _query_logits(model: MixerLM, x: torch.Tensor, qpos: torch.Tensor) -> torch.Tensor:
     h = model.hidden(x)
     hq = h.gather(1, qpos.unsqueeze(-1).expand(-1, -1, h.shape[-1]))
@@ -308,6 +319,8 @@ def train_run(
     t0 = time.perf_counter()
     with seeded(seed, device):
         model = MixerLM(options.model_config_for(), make_mixer).to(device)
+    if options.compile and device.type == "cuda":
+        model.compile_mixers()
     b, k = options.batch_size, train.query_pos.shape[1]
     n = train.inputs.shape[0]
     gen = torch.Generator(device="cpu").manual_seed(seed)
@@ -381,6 +394,7 @@ def run_mqar(
     best_losses: list[float] = []
     windows: list[float] = []
     total_steps = nonfinite = graphed = runs = 0
+    graphs_before = compiled_graphs()
     for setting in options.settings:
         train, test = build_data(options, setting, seed, device)
         best: RunResult | None = None
@@ -413,6 +427,7 @@ def run_mqar(
     metrics["mqar_steps"] = float(total_steps)
     metrics["mqar_nonfinite_runs"] = float(nonfinite)
     metrics["mqar_cuda_graph"] = graphed / runs  # fraction of runs trained from a CUDA graph
+    metrics["mqar_compiled_graphs"] = float(compiled_graphs() - graphs_before)
     metrics["mqar_step_ms"] = statistics.median(windows)
     metrics["mqar_train_s"] = time.perf_counter() - t0
     return metrics
