@@ -279,7 +279,10 @@ def count_by_status(session: Session, campaign_id: str) -> dict[str, int]:
 def leaderboard(
     session: Session, campaign_id: str, n: int = 10, *, include_infeasible: bool = False
 ) -> list[Candidate]:
-    """The ``n`` evaluated candidates with the highest fitness (ties: earliest first).
+    """The ``n`` best evaluated candidates: those that reached a higher rung of the fidelity
+    ladder first (their fitness was measured with the larger budget, against the reference at
+    that rung, so it is not comparable with rung-0 fitness), then by fitness (ties: earliest
+    first), as successive halving ranks its survivors.
 
     Infeasible candidates (failed a constraint, e.g. a quadratic reference seed) are left out
     unless ``include_infeasible``; candidates whose feasibility is unknown are kept.
@@ -291,7 +294,7 @@ def leaderboard(
     )
     if not include_infeasible:
         stmt = stmt.where(Candidate.feasible.is_not(False))
-    stmt = stmt.order_by(Candidate.fitness.desc(), Candidate.id).limit(n)
+    stmt = stmt.order_by(Candidate.rung.desc(), Candidate.fitness.desc(), Candidate.id).limit(n)
     return list(session.scalars(stmt))
 
 

@@ -40,7 +40,8 @@ def leaderboard_rows(database: Database, campaign: str, n: int, include_infeasib
         rows = repo.leaderboard(s, campaign, n, include_infeasible=include_infeasible)
         return [
             {
-                "rank": i + 1, "id": c.id, "name": c.name, "fitness": c.fitness, "origin": c.origin,
+                "rank": i + 1, "id": c.id, "name": c.name, "rung": c.rung, "fitness": c.fitness,
+                "origin": c.origin,
                 "feasible": c.feasible, "reference": c.is_reference, "seed": c.is_seed,
                 "objectives": _headline_metrics(c.objectives),
                 "parents": [p.id for p in repo.parents_of(s, c.id, ("parent", "crossover", "debug"))],
@@ -58,7 +59,8 @@ def print_leaderboard(campaign: str, rows: list[dict[str, Any]]) -> None:
         for k in r["objectives"]:
             if k not in obj_names:
                 obj_names.append(k)
-    for col in ("#", "id", "name", "fitness", *obj_names, "origin", "note"):
+    laddered = any(r.get("rung") for r in rows)  # ranked by rung first (repo.leaderboard)
+    for col in ("#", "id", "name", *(("rung",) if laddered else ()), "fitness", *obj_names, "origin", "note"):
         table.add_column(col, overflow="fold")
     for r in rows:
         note = []
@@ -69,7 +71,8 @@ def print_leaderboard(campaign: str, rows: list[dict[str, Any]]) -> None:
         if r["feasible"] is False:
             note.append("infeasible (reference only)")
         table.add_row(
-            str(r["rank"]), str(r["id"]), r["name"], f"{r['fitness']:.4f}" if r["fitness"] is not None else "-",
+            str(r["rank"]), str(r["id"]), r["name"], *((str(r["rung"]),) if laddered else ()),
+            f"{r['fitness']:.4f}" if r["fitness"] is not None else "-",
             *[_fmt(r["objectives"].get(k)) for k in obj_names], r["origin"], ", ".join(note),
         )
     console().print(table)

@@ -174,6 +174,10 @@ def test_leaderboard_orders_by_fitness_and_filters(db: Database) -> None:
         assert [c.name for c in repo.leaderboard(s, "c1", 2)] == ["high", "mid"]
         assert [c.name for c in repo.leaderboard(s, "c1", 10, include_infeasible=True)] == [
             "quadratic", "high", "mid", "tie", "low"]
+    with db.session() as s:  # promoted to rung 1: ranks above every rung-0 candidate
+        repo.get_candidate(s, ids["low"]).rung = 1
+    with db.read_session() as s:
+        assert [c.name for c in repo.leaderboard(s, "c1", 3)] == ["low", "high", "mid"]
 
 
 def test_evaluations_from_objects_and_mappings(db: Database) -> None:
