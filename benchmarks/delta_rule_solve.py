@@ -17,24 +17,14 @@ keep the solves; the step is bound by elementwise kernels, which torch.compile f
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
-import time
-import types
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-SEEDS = Path(__file__).resolve().parents[1] / "evaluator" / "token_mixer" / "seeds"
-
-
-def load_seed(name: str) -> types.ModuleType:
-    module = types.ModuleType(name)
-    path = SEEDS / f"{name}.py"
-    exec(compile(path.read_text(), str(path), "exec"), module.__dict__)  # trusted seed file
-    return module
+from benchmarks.gpu_rung1 import load_seed, time_ms  # noqa: E402
 
 
 def solve_two(a: torch.Tensor, bw: torch.Tensor, bv: torch.Tensor):
@@ -85,26 +75,6 @@ def inputs(batch: int, heads: int, chunks: int, c: int, d: int, device: torch.de
             (beta * v).to(device).requires_grad_())
 
 
-def time_fn(fn, args, device: torch.device, repeats: int, inner: int) -> float:
-    """Median ms of forward + backward over ``repeats`` windows of ``inner`` calls."""
-    def once():
-        outs = fn(*args)
-        sum(o.sum() for o in outs).backward()
-    for _ in range(3):
-        once()
-    samples = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        for _ in range(inner):
-            once()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        samples.append(1000.0 * (time.perf_counter() - t0) / inner)
-    return statistics.median(samples)
-
-
 def solver_table(args: argparse.Namespace, device: torch.device) -> None:
     cases = {
         "solve_triangular x2 (the seeds)": solve_two,
@@ -118,7 +88,9 @@ def solver_table(args: argparse.Namespace, device: torch.device) -> None:
     print(f"{'method':40} {'ms':>8} {'vs seeds':>10} {'max rel err (fp64 ref)':>24}")
     base = None
     for name, fn in cases.items():
-        ms = time_fn(fn, (a, bw, bv), device, args.repeats, args.inner)
+        def once(fn=fn) -> None:
+            sum(o.sum() for o in fn(a, bw, bv)).backward()
+        ms = time_ms(once, device, args.repeats, args.inner)
         base = base or ms
         with torch.no_grad():
             w, u = fn(a, bw, bv)
@@ -135,11 +107,11 @@ def seed_step(args: argparse.Namespace, device: torch.device) -> None:
         mixer = load_seed(name).Mixer(args.d_model, args.heads).to(device)
         x = torch.randn(args.batch, args.seq_len, args.d_model, device=device, requires_grad=True)
 
-        def fwd_bwd(x=x, mixer=mixer):
+        def fwd_bwd(x=x, mixer=mixer) -> None:
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
                 y = mixer(x)
-            return (y,)
-        ms = time_fn(fwd_bwd, (), device, args.repeats, args.inner)
+            y.sum().backward()
+        ms = time_ms(fwd_bwd, device, args.repeats, args.inner)
         print(f"{name:18} {ms:8.3f} ms")
 
 

@@ -33,10 +33,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 from evaluator.registry import get_task  # noqa: E402
+from evaluator.token_mixer.seeds import SEED_NAMES, seed_source  # noqa: E402
 from evaluator.types import Program, TargetSpec  # noqa: E402
-
-ZOO = ("softmax_attention", "sliding_window", "linear_attention", "retnet", "gla", "deltanet",
-       "gated_deltanet", "mamba2_ssd")
 
 
 def load(code: str) -> types.ModuleType:
@@ -45,8 +43,26 @@ def load(code: str) -> types.ModuleType:
     return module
 
 
-def seeds() -> dict[str, str]:
-    return {s.name: s.code for s in get_task("token-mixer").seeds()}
+def load_seed(name: str) -> types.ModuleType:
+    return load(seed_source(name))
+
+
+def time_ms(fn, device: torch.device, repeats: int, inner: int) -> float:
+    """Median ms of one ``fn()`` over ``repeats`` windows of ``inner`` calls, after 3 warm-up
+    calls; the device is synchronised around each window."""
+    for _ in range(3):
+        fn()
+    samples = []
+    for _ in range(repeats):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        for _ in range(inner):
+            fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        samples.append(1000.0 * (time.perf_counter() - t0) / inner)
+    return statistics.median(samples)
 
 
 def zoo(args: argparse.Namespace) -> list[dict]:
@@ -55,8 +71,8 @@ def zoo(args: argparse.Namespace) -> list[dict]:
     opts = MQAROptions.rung1(settings=((256, 16),), d_model=args.d_model, steps=args.steps,
                              lrs=tuple(args.lrs))
     rows = []
-    for name in args.seeds or ZOO:
-        mod = load(seeds()[name])
+    for name in args.seeds or SEED_NAMES:
+        mod = load_seed(name)
         state = mod.Mixer(args.d_model, opts.num_heads)
         size = state.state_size(256) if hasattr(state, "state_size") else float("nan")
         t0 = time.perf_counter()
@@ -78,7 +94,7 @@ def exponent(args: argparse.Namespace) -> None:
     from evaluator.token_mixer.profile import timing_exponent
 
     fixtures = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "mixers"
-    cases = [(n, seeds()[n]) for n in ("softmax_attention", "linear_attention", "deltanet")]
+    cases = [(n, seed_source(n)) for n in ("softmax_attention", "linear_attention", "deltanet")]
     cases.append(("masked_quadratic_linear", (fixtures / "masked_quadratic_linear.py").read_text()))
     print(f"\ntiming exponent, d_model {args.width}, bf16, forward+backward, {torch.cuda.get_device_name()}")
     for name, code in cases:
@@ -97,23 +113,10 @@ def compile_speed(args: argparse.Namespace) -> None:
 
     dev = torch.device("cuda")
 
-    def timed(fn, n: int = 20) -> float:
-        for _ in range(3):
-            fn()
-        torch.cuda.synchronize()
-        samples = []
-        for _ in range(5):
-            t0 = time.perf_counter()
-            for _ in range(n):
-                fn()
-            torch.cuda.synchronize()
-            samples.append(1000.0 * (time.perf_counter() - t0) / n)
-        return statistics.median(samples)
-
     names = args.seeds or ["gated_deltanet", "deltanet", "softmax_attention", "mamba2_ssd"]
     print(f"mixer forward+backward, {torch.cuda.get_device_name()}")
     for name in names:
-        mod = load(seeds()[name])
+        mod = load_seed(name)
         x = torch.randn(256, 256, 128, device=dev, requires_grad=True)
         row = {}
         for tag in ("eager", "compiled"):
@@ -129,7 +132,7 @@ def compile_speed(args: argparse.Namespace) -> None:
             step()
             torch.cuda.synchronize()
             first = time.perf_counter() - t0
-            row[tag] = (timed(step), first)
+            row[tag] = (time_ms(step, dev, repeats=5, inner=20), first)
         print(f"{name:18} eager {row['eager'][0]:7.2f} ms  compiled {row['compiled'][0]:7.2f} ms  "
               f"speed-up {row['eager'][0] / row['compiled'][0]:4.2f}  first compiled call "
               f"{row['compiled'][1]:5.1f} s", flush=True)
@@ -137,7 +140,7 @@ def compile_speed(args: argparse.Namespace) -> None:
                              early_stop_acc=None, stop_sweep_at=None)
     print(f"\nrung-1 MQAR step (T 256, 16 pairs, {args.steps} steps, CUDA graph)")
     for name in names:
-        mod = load(seeds()[name])
+        mod = load_seed(name)
         for tag, compiled in (("eager", False), ("compiled", True), ("compiled again", True)):
             t0 = time.perf_counter()
             m = run_mqar(mod.Mixer, opts.model_copy(update={"compile": compiled}), dev, torch.bfloat16, 0)
@@ -165,7 +168,7 @@ def _sandboxed(task, name: str, target: TargetSpec, samples: list[tuple[float, i
     from sandbox.api import EvalRequest, SandboxLimits
     from sandbox.launcher import run_evaluation
 
-    request = EvalRequest(task="token-mixer", code=seeds()[name], stages=task.stages(1), target=target)
+    request = EvalRequest(task="token-mixer", code=seed_source(name), stages=task.stages(1), target=target)
     t0 = time.monotonic()
     outcome = run_evaluation(request, SandboxLimits(wall_timeout_s=1800))
     t_end = time.monotonic()
@@ -194,7 +197,7 @@ def _busy(samples: list[tuple[float, int]], t0: float, t1: float) -> tuple[float
 def cost(args: argparse.Namespace) -> None:
     task = get_task("token-mixer")
     name = args.seed
-    program = Program(code=seeds()[name], module=load(seeds()[name]), dtype="bfloat16")
+    program = Program(code=seed_source(name), module=load_seed(name), dtype="bfloat16")
     target = TargetSpec(name="cuda", device="cuda", dtype="bfloat16", resources={"GPU": 1.0})
     samples: list[tuple[float, int]] = []
     stop = threading.Event()

@@ -9,21 +9,9 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.discovery.llm_script import FAST_TASK_OPTIONS
 
-# Tiny stage settings: the CLI tests check plumbing, not the quality of the proxies.
-FAST_TASK_OPTIONS = """
-[task.options.mqar]
-steps = 40
-lrs = [0.01]
-eval_batches = 2
-check_every = 20
-[task.options.profile]
-repeats = 1
-warmup = 0
-prefill_lens = [64]
-decode_contexts = [64]
-"""
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def disco(*args: str, cwd: Path, env: dict[str, str] | None = None, timeout: float = 600,

@@ -17,11 +17,9 @@ from evaluator.types import Seed
 
 ONE_SEED_TASK = "tests.discovery.llm_script:OneSeedTokenMixer"
 
-# Small mixers and tiny stage settings: these tests check the LLM plumbing, not the proxies.
-TASK_OPTIONS = """
-[task.options]
-hidden_size = 32
-num_heads = 2
+# Tiny stage settings (also the CLI tests', via conftest.py): tests of plumbing, not of the
+# quality of the proxies.
+FAST_TASK_OPTIONS = """
 [task.options.mqar]
 steps = 40
 lrs = [0.01]
@@ -33,6 +31,8 @@ warmup = 0
 prefill_lens = [64]
 decode_contexts = [64]
 """
+# Small mixers too for the LLM tests.
+TASK_OPTIONS = "\n[task.options]\nhidden_size = 32\nnum_heads = 2" + FAST_TASK_OPTIONS
 
 
 class OneSeedTokenMixer(TokenMixerTask):
