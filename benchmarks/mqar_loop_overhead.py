@@ -32,8 +32,8 @@ from evaluator.token_mixer.model import (  # noqa: E402
     MixerFactory, MixerLM, autocast_context, resolve_dtype, seeded, synchronize,
 )
 from evaluator.token_mixer.mqar import MQAROptions, MQARSetting, build_data, run_mqar  # noqa: E402
+from evaluator.token_mixer.seeds import seed_source  # noqa: E402
 
-SEEDS = Path(__file__).resolve().parents[1] / "evaluator" / "token_mixer" / "seeds"
 
 
 SDPA_CODE = """
@@ -64,9 +64,10 @@ def load_mixer(name: str | None) -> tuple[str, MixerFactory, str]:
     or None for SDPA attention."""
     if name is None:
         stem, code = "sdpa_attention", SDPA_CODE
+    elif name.endswith(".py"):
+        stem, code = Path(name).stem, Path(name).read_text()
     else:
-        path = Path(name) if name.endswith(".py") else SEEDS / f"{name}.py"
-        stem, code = path.stem, path.read_text()
+        stem, code = name, seed_source(name)
     module = types.ModuleType(f"bench_mixer_{stem}")
     exec(compile(code, f"<{stem}>", "exec"), module.__dict__)  # a benchmark of trusted code
     return stem, module.Mixer, code
