@@ -162,13 +162,27 @@ def _sample_gpu(stop: threading.Event, out: list[tuple[float, int]]) -> None:
     proc.terminate()
 
 
-def _sandboxed(task, name: str, target: TargetSpec, samples: list[tuple[float, int]]) -> list[tuple]:
+def _stages(task, overrides: dict[str, object]) -> list:
+    """Rung 1's stages, with ``overrides`` of the MQAR stage's options (``--mqar KEY=VALUE``)."""
+    stages = []
+    for stage in task.stages(1):
+        if stage.name == "mqar" and overrides:
+            opts = dict(stage.options)
+            opts["overrides"] = {**opts.get("overrides", {}), **overrides}
+            stage = stage.model_copy(update={"options": opts})
+        stages.append(stage)
+    return stages
+
+
+def _sandboxed(task, name: str, target: TargetSpec, samples: list[tuple[float, int]],
+               overrides: dict[str, object]) -> list[tuple]:
     """Run rung 1 in one sandboxed child; per-stage windows come from the stage wall times
     (stages run back to back after the child's start-up and the implicit load stage)."""
     from sandbox.api import EvalRequest, SandboxLimits
     from sandbox.launcher import run_evaluation
 
-    request = EvalRequest(task="token-mixer", code=seed_source(name), stages=task.stages(1), target=target)
+    request = EvalRequest(task="token-mixer", code=seed_source(name), stages=_stages(task, overrides),
+                          target=target)
     t0 = time.monotonic()
     outcome = run_evaluation(request, SandboxLimits(wall_timeout_s=1800))
     t_end = time.monotonic()
@@ -181,7 +195,8 @@ def _sandboxed(task, name: str, target: TargetSpec, samples: list[tuple[float, i
         busy, util = _busy(samples, t, t + r.wall_s)
         rows.append((r.stage, r.ok, r.wall_s, busy, util))
         print(r.stage, r.ok, r.failure_kind, round(r.wall_s, 1),
-              {k: round(v, 4) for k, v in r.metrics.items() if not k.startswith(("prefill", "decode", "lm_corpus"))}, flush=True)
+              {k: round(v, 4) for k, v in r.metrics.items()
+               if not k.startswith(("prefill", "decode", "lm_corpus", "ref_", "state_bytes_"))}, flush=True)
         t += r.wall_s
     iso = outcome.results[0].artifacts.get("isolation", {}) if outcome.results else {}
     print("isolation:", {k: iso.get(k) for k in ("mode", "seccomp", "landlock", "notes")})
@@ -205,9 +220,10 @@ def cost(args: argparse.Namespace) -> None:
     sampler.start()
     time.sleep(1.0)
     rows = []
+    overrides = {k: json.loads(v) for k, v in (kv.split("=", 1) for kv in args.mqar)}
     if args.sandbox:
-        rows = _sandboxed(task, name, target, samples)
-    for stage in ([] if args.sandbox else task.stages(1)):
+        rows = _sandboxed(task, name, target, samples, overrides)
+    for stage in ([] if args.sandbox else _stages(task, overrides)):
         t0 = time.monotonic()
         result = task.run_stage(program, stage, target)
         t1 = time.monotonic()
@@ -216,7 +232,8 @@ def cost(args: argparse.Namespace) -> None:
               {k: round(v, 4) for k, v in list(result.metrics.items())[:12]}, flush=True)
     stop.set()
     total = sum(r[2] for r in rows)
-    print(f"\nrung-1 cost of {name} on {torch.cuda.get_device_name()} (bf16)")
+    print(f"\nrung-1 cost of {name} on {torch.cuda.get_device_name()} (bf16)"
+          + (f", MQAR overrides {overrides}" if overrides else ""))
     print(f"{'stage':10} {'ok':>4} {'wall s':>8} {'busy %':>7} {'mean util %':>12}")
     for stage, ok, wall, busy, util in rows:
         print(f"{stage:10} {str(ok):>4} {wall:8.1f} {100 * busy:7.1f} {util:12.1f}")
@@ -242,6 +259,8 @@ def main() -> None:
     c = sub.add_parser("cost")
     c.add_argument("seed", nargs="?", default="deltanet")
     c.add_argument("--sandbox", action="store_true", help="evaluate through the sandbox, as a worker does")
+    c.add_argument("--mqar", action="append", default=[], metavar="KEY=JSON",
+                   help="override an MQAR stage option, e.g. --mqar compile=false")
     args = p.parse_args()
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
     {"zoo": zoo, "exponent": exponent, "compile": compile_speed, "cost": cost}[args.cmd](args)

@@ -250,12 +250,12 @@ def run_lm(
         warmup_frac=options.warmup_frac, min_lr_ratio=options.min_lr_ratio,
         grad_clip=options.grad_clip,
     )
-    trainer = Trainer(model, loss_fn, optim, device, dtype, offsets[0], options.cuda_graph)
+    trainer = Trainer(model, loss_fn, optim, device, dtype, offsets, options.cuda_graph)
     train_loss = math.nan
     synchronize(device)
     t_train = time.perf_counter()
     for step in range(steps):
-        trainer.step(step, offsets[step])
+        trainer.step(step)
         if (step + 1) % options.check_every == 0 or step + 1 == steps:
             train_loss = trainer.take_sums()[0] / ((step % options.check_every) + 1)
             log.debug("lm step=%d train_loss=%.4f", step + 1, train_loss)

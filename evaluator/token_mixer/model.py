@@ -26,6 +26,9 @@ keeps AdamW stable at the tiny sizes of the proxies.
 from __future__ import annotations
 
 import contextlib
+import sys
+import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Literal
@@ -213,8 +216,92 @@ class MixerLM(nn.Module):
             object.__setattr__(block, "compiled_mixer", torch.compile(block.mixer, dynamic=False,
                                                                          backend=backend))
 
+    def eager_mixers(self) -> None:
+        """Undo ``compile_mixers``: training steps run the eager mixers again."""
+        for block in self.blocks:
+            object.__setattr__(block, "compiled_mixer", None)
+
     def mixer_parameters(self) -> int:
         return sum(p.numel() for b in self.blocks for p in b.mixer.parameters())
+
+
+def compiled_graphs() -> int:
+    """Graphs torch.compile has built in this process so far (0 when nothing compiled)."""
+    dynamo = sys.modules.get("torch._dynamo.utils")
+    return int(dynamo.counters["stats"]["unique_graphs"]) if dynamo is not None else 0
+
+
+class MixerCompiler:
+    """Compiles a candidate's mixers on a worker thread while the caller keeps training eagerly.
+
+    ``torch.compile`` is host work: 32 s for the Gated DeltaNet seed's mixer on the H100 host,
+    during which the device would idle (a third of the rung-1 MQAR stage's idle time,
+    docs/PERFORMANCE.md). Instead, ``start`` compiles a throwaway copy of the model (same
+    class, same training shapes, autocast and grad mode, so dynamo's guards match) by running
+    one forward and backward on a worker thread; meanwhile the caller trains its own model
+    with eager mixers. Once ``done``, the caller switches with ``MixerLM.compile_mixers``:
+    dynamo keeps compiled code per mixer class, so the switch reuses it instead of compiling
+    again. The switch step depends on how long compiling took (``mqar_eager_steps`` reports
+    it). Mixers that fail to compile leave ``ok`` false and keep training eagerly.
+
+    The worker launches kernels (the copy's forward and backward): nothing may capture a CUDA
+    graph while it runs (``wait`` first). Both threads share the GIL; the training thread
+    needs it once per step (a graph replay, ``training.Trainer``), so the two barely slow
+    each other.
+    """
+
+    def __init__(self, backend: str = "inductor"):
+        self.backend = backend
+        self.error: BaseException | None = None
+        self.graphs = 0
+        self.wall_s = 0.0
+        self._thread: threading.Thread | None = None
+
+    def start(self, scratch: MixerLM, ids: torch.Tensor, dtype: torch.dtype) -> None:
+        """Compile ``scratch``'s mixers by training it one step on ``ids`` (the training batch
+        shape) under ``dtype`` autocast, on a worker thread."""
+        if self._thread is not None:
+            raise RuntimeError("MixerCompiler.start called twice")
+        scratch.train()
+        scratch.compile_mixers(self.backend)
+
+        def work() -> None:
+            t0, before = time.perf_counter(), compiled_graphs()
+            try:
+                with autocast_context(ids.device, dtype):
+                    h = scratch.hidden(ids)
+                h.float().square().mean().backward()
+                synchronize(ids.device)
+            except BaseException as exc:  # noqa: BLE001 - reported through .error / .ok
+                self.error = exc
+            self.graphs = compiled_graphs() - before
+            self.wall_s = time.perf_counter() - t0
+
+        self._thread = threading.Thread(target=work, name="archdisco-compile", daemon=True)
+        self._thread.start()
+
+    @property
+    def started(self) -> bool:
+        return self._thread is not None
+
+    def done(self) -> bool:
+        """Started and finished."""
+        return self._thread is not None and not self._thread.is_alive()
+
+    def wait(self) -> None:
+        """Block until the worker has finished (no-op when never started)."""
+        if self._thread is not None:
+            self._thread.join()
+
+    def reject(self, reason: str) -> None:
+        """Mark the compiled code unusable (``ok`` turns false): the caller trains eagerly."""
+        self.error = RuntimeError(reason)
+
+    @property
+    def ok(self) -> bool:
+        """Finished without error. (``graphs`` may be 0: code compiled earlier in this process
+        is reused, and a mixer dynamo cannot compile runs eagerly under ``suppress_errors``.)"""
+        return self.done() and self.error is None
 
 
 def synchronize(device: torch.device) -> None:

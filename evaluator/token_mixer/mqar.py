@@ -46,6 +46,8 @@ import math
 import statistics
 import time
 import zlib
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -54,12 +56,14 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch.nn import functional as F
 
 from evaluator.token_mixer.model import (
-    MixerFactory, MixerLM, ModelConfig, autocast_context, seeded, synchronize,
+    MixerCompiler, MixerFactory, MixerLM, ModelConfig, autocast_context, compiled_graphs, seeded,
+    synchronize,
 )
 from evaluator.token_mixer.training import OptimConfig, Trainer
 from evaluator.types import FailureKind, StageFailure
 
 IGNORE_INDEX = -100
+COMPILE_QUEUE = 2  # steps in flight on the device while a MixerCompiler works (train_run)
 log = logging.getLogger(__name__)
 
 
@@ -272,19 +276,14 @@ class RunResult:
     window_step_ms: tuple[float, ...]
     graphed: bool = False  # trained by replaying a captured CUDA graph
     loss: float = math.nan  # mean cross-entropy at held-out query positions
+    setup_s: float = 0.0  # model build, graph capture (and a switch to compiled mixers)
+    eval_s: float = 0.0  # held-out evaluation after training
+    eager_steps: int = 0  # steps trained with eager mixers while a compiler was at work
 
     def rank_key(self) -> tuple[float, float]:
         """Best run: highest accuracy, then lowest held-out loss (separates runs that tie at
         chance or at the ceiling, where accuracy alone carries no ranking)."""
         return (self.accuracy, -self.loss)
-
-
-def compiled_graphs() -> int:
-    """Graphs torch.compile has built in this process so far (0 when nothing compiled)."""
-    import sys
-
-    dynamo = sys.modules.get("torch._dynamo.utils")
-    return int(dynamo.counters["stats"]["unique_graphs"]) if dynamo is not None else 0
 
 
 def _query_logits(model: MixerLM, x: torch.Tensor, qpos: torch.Tensor) -> torch.Tensor:
@@ -313,14 +312,25 @@ def evaluate(
 
 def train_run(
     make_mixer: MixerFactory, options: MQAROptions, train: MQARData, test: MQARData, lr: float,
-    device: torch.device, dtype: torch.dtype, seed: int,
+    device: torch.device, dtype: torch.dtype, seed: int, compiler: MixerCompiler | None = None,
 ) -> RunResult:
-    """Train one model at one learning rate on ``train`` (on device), score it on ``test``."""
+    """Train one model at one learning rate on ``train`` (on device), score it on ``test``.
+
+    With a ``compiler``, the mixers train compiled: from the first step when it has already
+    compiled them; otherwise this run starts it (on a copy of the model, after the step is
+    captured) and trains eagerly until it is done, then switches at a window boundary. While
+    it compiles, the loop keeps at most ``COMPILE_QUEUE`` steps queued on the device: the
+    compiler synchronises the device when it benchmarks kernels, and a deep queue of replays
+    in front of every such sync made compiling 2-2.5x slower (H100, Gated DeltaNet).
+    """
+    if compiler is not None:
+        compiler.wait()  # capturing below while the compiler launches kernels is not allowed
     t0 = time.perf_counter()
     with seeded(seed, device):
         model = MixerLM(options.model_config_for(), make_mixer).to(device)
-    if options.compile and device.type == "cuda":
-        model.compile_mixers()
+    compiled = compiler is not None and compiler.ok
+    if compiled:
+        model.compile_mixers(compiler.backend)
     b, k = options.batch_size, train.query_pos.shape[1]
     n = train.inputs.shape[0]
     gen = torch.Generator(device="cpu").manual_seed(seed)
@@ -338,36 +348,62 @@ def train_run(
         warmup_frac=options.warmup_frac, min_lr_ratio=options.min_lr_ratio,
         grad_clip=options.grad_clip,
     )
-    trainer = Trainer(model, loss_fn, config, device, dtype, order[0], options.cuda_graph)
+    trainer = Trainer(model, loss_fn, config, device, dtype, order, options.cuda_graph)
+    if compiler is not None and not compiler.started:
+        with seeded(seed, device):
+            scratch = MixerLM(options.model_config_for(), make_mixer).to(device)
+        compiler.start(scratch, train.inputs[order[0]], dtype)
+    pace = compiler is not None and not compiled and device.type == "cuda"
+    queued: deque[torch.cuda.Event] = deque()
     windows: list[float] = []
     synchronize(device)
-    win_t, win_steps, step = time.perf_counter(), 0, 0
+    setup_s = time.perf_counter() - t0
+    win_t, win_steps, step, eager_steps = time.perf_counter(), 0, 0, 0
     while step < options.steps:
-        trainer.step(step, order[step])
+        trainer.step(step)
         step += 1
         win_steps += 1
+        eager_steps += compiler is not None and not compiled
+        if pace:
+            queued.append(torch.cuda.Event())
+            queued[-1].record()
+            if len(queued) > COMPILE_QUEUE:
+                queued.popleft().synchronize()
         if win_steps == options.check_every or step == options.steps:
             loss_sum, correct = trainer.take_sums()  # the one host sync of the window
             windows.append(1000.0 * (time.perf_counter() - win_t) / win_steps)
             if not math.isfinite(loss_sum):
                 return RunResult(lr, math.nan, False, step, time.perf_counter() - t0,
-                                 tuple(windows), trainer.graphed)
+                                 tuple(windows), trainer.graphed, setup_s=setup_s,
+                                 eager_steps=eager_steps)
             train_acc = correct / (win_steps * b * k)
             log.debug("mqar lr=%g step=%d loss=%.4f train_acc=%.4f step_ms=%.2f",
                       lr, step, loss_sum / win_steps, train_acc, windows[-1])
             if options.early_stop_acc is not None and train_acc >= options.early_stop_acc:
                 break
+            if compiler is not None and not compiled and step < options.steps and compiler.ok:
+                t_switch = time.perf_counter()  # outside the timed windows
+                model.compile_mixers(compiler.backend)
+                if trainer.recapture():
+                    compiled = True
+                else:
+                    model.eager_mixers()
+                    compiler.reject("the compiled mixers cannot be captured in a CUDA graph")
+                pace = False
+                queued.clear()
+                setup_s += time.perf_counter() - t_switch
             win_t, win_steps = time.perf_counter(), 0
+    t_eval = time.perf_counter()
     acc, test_loss = evaluate(model, test, b, device, dtype)
     finite = math.isfinite(test_loss)
-    return RunResult(lr, acc if finite else math.nan, finite, step, time.perf_counter() - t0,
-                     tuple(windows), trainer.graphed, test_loss if finite else math.nan)
+    t1 = time.perf_counter()
+    return RunResult(lr, acc if finite else math.nan, finite, step, t1 - t0, tuple(windows),
+                     trainer.graphed, test_loss if finite else math.nan, setup_s, t1 - t_eval,
+                     eager_steps)
 
 
-def build_data(
-    options: MQAROptions, setting: MQARSetting, seed: int, device: torch.device,
-) -> tuple[MQARData, MQARData]:
-    """Train and test sets of one setting, on ``device``; the test set has its own seed."""
+def generate_data(options: MQAROptions, setting: MQARSetting, seed: int) -> tuple[MQARData, MQARData]:
+    """Train and test sets of one setting, on the CPU; the test set has its own seed."""
     n_train = options.train_examples or options.steps * options.batch_size
     n_test = options.eval_batches * options.batch_size
     common = dict(
@@ -376,6 +412,14 @@ def build_data(
     )
     train = generate_mqar(n_train, seed=_data_seed(seed, setting, "train"), **common)
     test = generate_mqar(n_test, seed=_data_seed(seed, setting, "test"), **common)
+    return train, test
+
+
+def build_data(
+    options: MQAROptions, setting: MQARSetting, seed: int, device: torch.device,
+) -> tuple[MQARData, MQARData]:
+    """``generate_data`` moved to ``device``."""
+    train, test = generate_data(options, setting, seed)
     return train.to(device), test.to(device)
 
 
@@ -386,24 +430,54 @@ def run_mqar(
     """Train on every setting with every learning rate (stopping a sweep early once one run
     reaches ``stop_sweep_at``) and report the best accuracy per setting and their mean.
 
+    On CUDA the host work is kept off the device's critical path: the next setting's data are
+    generated on a worker thread while the current one trains (CPU tensors only, so nothing
+    touches the device during a graph capture), and the mixers compile on another worker while
+    the first run trains eagerly (``MixerCompiler``).
+
     Raises ``StageFailure(NAN)`` when every learning rate of a setting went non-finite.
     """
+    compiler = MixerCompiler() if options.compile and device.type == "cuda" else None
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="archdisco-mqar-data") as pool:
+        try:
+            return _run_settings(make_mixer, options, device, dtype, seed, compiler, pool)
+        finally:
+            if compiler is not None:
+                compiler.wait()
+
+
+def _run_settings(
+    make_mixer: MixerFactory, options: MQAROptions, device: torch.device, dtype: torch.dtype,
+    seed: int, compiler: MixerCompiler | None, pool: ThreadPoolExecutor,
+) -> dict[str, float]:
     t0 = time.perf_counter()
     metrics: dict[str, float] = {"mqar_reduced": float(options.reduced)}
     best_accs: list[float] = []
     best_losses: list[float] = []
     windows: list[float] = []
-    total_steps = nonfinite = graphed = runs = 0
+    total_steps = nonfinite = graphed = runs = eager_steps = 0
+    data_s = setup_s = eval_s = 0.0
     graphs_before = compiled_graphs()
-    for setting in options.settings:
-        train, test = build_data(options, setting, seed, device)
+    settings = list(options.settings)
+    prefetch = device.type == "cuda"  # a CPU device needs its cores for the steps
+    pending: Future | None = None
+    for i, setting in enumerate(settings):
+        t_data = time.perf_counter()
+        cpu_data = pending.result() if pending is not None else generate_data(options, setting, seed)
+        train, test = (d.to(device) for d in cpu_data)
+        data_s += time.perf_counter() - t_data
+        if prefetch and i + 1 < len(settings):
+            pending = pool.submit(generate_data, options, settings[i + 1], seed)
         best: RunResult | None = None
         for lr in options.lrs:
-            run = train_run(make_mixer, options, train, test, lr, device, dtype, seed)
+            run = train_run(make_mixer, options, train, test, lr, device, dtype, seed, compiler)
             total_steps += run.steps
+            eager_steps += run.eager_steps
             runs += 1
             graphed += run.graphed
             windows.extend(run.window_step_ms)
+            setup_s += run.setup_s
+            eval_s += run.eval_s
             if not run.finite:
                 nonfinite += 1
                 continue
@@ -430,4 +504,12 @@ def run_mqar(
     metrics["mqar_compiled_graphs"] = float(compiled_graphs() - graphs_before)
     metrics["mqar_step_ms"] = statistics.median(windows)
     metrics["mqar_train_s"] = time.perf_counter() - t0
+    # where the stage's wall time went besides the steps (host work: the device idles there)
+    metrics["mqar_data_s"] = data_s
+    metrics["mqar_setup_s"] = setup_s
+    metrics["mqar_eval_s"] = eval_s
+    if compiler is not None:
+        compiler.wait()
+        metrics["mqar_eager_steps"] = float(eager_steps)  # trained before compiled mixers took over
+        metrics["mqar_compile_s"] = compiler.wall_s  # on the worker thread, overlapping the steps
     return metrics

@@ -71,6 +71,8 @@ class ProfileOptions(BaseModel):
     # the T^2 term of attention dominate the T-linear projections, as the exponent must show.
     timing_d_model: int | None = Field(default=None, gt=0)
     timing_num_heads: int | None = Field(default=None, gt=0)
+    timing_warmup: int = Field(default=2, ge=0)  # per T of the exponent fit
+    timing_repeats: int = Field(default=5, gt=0)
     count_flops: bool = True
     warmup: int = Field(default=2, ge=0)
     repeats: int = Field(default=5, gt=0)
@@ -247,10 +249,13 @@ def _peak_train_mb(train: Callable[[], None], device: torch.device) -> float | N
 
 def _measure(
     mixers: list[nn.Module], options: ProfileOptions, device: torch.device, dtype: torch.dtype,
+    phase_s: dict[str, float],
 ) -> list[_Timings]:
     """Every measurement for every mixer; the mixers alternate measurement by measurement so
-    that drifting clocks or a busy neighbour affect candidate and reference alike."""
+    that drifting clocks or a busy neighbour affect candidate and reference alike. Adds the
+    wall time of each phase to ``phase_s``."""
     d, w, r = options.d_model, options.warmup, options.repeats
+    t0 = time.perf_counter()
     train_ms, peak = [], []
     for m in mixers:
         m.train()
@@ -262,10 +267,12 @@ def _measure(
     state_bytes: list[dict[int, float]] = [{} for _ in mixers]
     for m in mixers:
         m.eval()
+    t1 = time.perf_counter()
     for t in options.prefill_lens:
         for i, m in enumerate(mixers):
             fwd = _train_step_fn(m, options.prefill_batch, t, d, device, dtype, backward=False)
             prefill[i][t] = statistics.median(time_ms(fwd, device, w, r))
+    t2 = time.perf_counter()
     for c in options.decode_contexts:
         for i, m in enumerate(mixers):
             decode[i][c], nbytes = _decode_ms(m, c, options, device, dtype)
@@ -273,6 +280,8 @@ def _measure(
                 state_bytes[i][c] = nbytes
     for m in mixers:
         m.train()
+    t3 = time.perf_counter()
+    phase_s.update(profile_train_s=t1 - t0, profile_prefill_s=t2 - t1, profile_decode_s=t3 - t2)
     return [
         _Timings(train_ms[i], prefill[i], decode[i], state_bytes[i],
                  not callable(getattr(m, "step", None)), peak[i])
@@ -295,7 +304,8 @@ def run_profile(
     if reference_make_mixer is not None:
         ref = _build(reference_make_mixer, options.d_model, options.num_heads, device, seed)
         metrics["ref_params"] = float(sum(p.numel() for p in ref.parameters()))
-    timings = _measure([mixer] if ref is None else [mixer, ref], options, device, dtype)
+    phase_s: dict[str, float] = {}
+    timings = _measure([mixer] if ref is None else [mixer, ref], options, device, dtype, phase_s)
     cand, ref_t = timings[0], (timings[1] if ref is not None else None)
 
     tokens = options.train_batch * options.train_seq_len
@@ -325,12 +335,16 @@ def run_profile(
         metrics["flops_per_token"] = flops
         metrics["train_tflops"] = 3.0 * flops * metrics["train_tokens_per_s"] / 1e12
     if options.timing_seq_lens:
+        t_fit = time.perf_counter()
         fit = timing_exponent(make_mixer, options.timing_seq_lens, device, dtype,
                               options.timing_batch, d_model=options.timing_d_model or options.d_model,
-                              num_heads=options.timing_num_heads or options.num_heads, seed=seed)
+                              num_heads=options.timing_num_heads or options.num_heads,
+                              warmup=options.timing_warmup, repeats=options.timing_repeats, seed=seed)
         metrics["timing_exponent"] = fit.exponent
         metrics["timing_saturated"] = float(fit.saturated)
         metrics["timing_batch"] = float(fit.batch)
+        phase_s["profile_exponent_s"] = time.perf_counter() - t_fit
+    metrics.update(phase_s)  # where the stage's time went (candidate and reference together)
     metrics["profile_s"] = time.perf_counter() - t0
     return metrics
 

@@ -80,22 +80,33 @@ def build_optimizer(
 
 
 class Trainer:
-    """Runs optimisation steps of ``model`` on ``loss_fn``; see the module docstring."""
+    """Runs optimisation steps of ``model`` on ``loss_fn``; see the module docstring.
+
+    ``batches`` holds every step's batch selector on the device (``batches[i]`` is what
+    ``loss_fn`` gets at step ``i``). A captured step reads its batch and its learning rate from
+    device tables through a step counter on the device, so a step is one graph replay: the
+    host does almost nothing per step (and holds the GIL for a moment only, which matters
+    while another thread compiles).
+    """
 
     def __init__(
         self, model: nn.Module, loss_fn: LossFn, config: OptimConfig, device: torch.device,
-        dtype: torch.dtype, example_batch: torch.Tensor, cuda_graph: bool = True,
+        dtype: torch.dtype, batches: torch.Tensor, cuda_graph: bool = True,
     ):
+        if batches.shape[0] < config.steps:
+            raise ValueError(f"batches holds {batches.shape[0]} steps, the schedule {config.steps}")
         self.model, self.loss_fn, self.config = model, loss_fn, config
         self.device, self.dtype = device, dtype
         self.schedule = warmup_cosine(config.steps, config.warmup_frac, config.min_lr_ratio)
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.loss_sum = torch.zeros((), device=device)
         self.correct_sum = torch.zeros((), device=device)
-        self.batch = example_batch.clone()  # static input of the graph
+        self.batches = batches
+        self.batch = batches[0].clone()  # the eager path's current batch
         self.scaler = torch.amp.GradScaler(device.type) if dtype == torch.float16 else None
         self.graph: torch.cuda.CUDAGraph | None = None
         self._lr: torch.Tensor | None = None
+        self._next = 0  # the step index the next call must have
         if cuda_graph and device.type == "cuda" and self.scaler is None:
             try:
                 self._capture()
@@ -136,43 +147,90 @@ class Trainer:
         self.loss_sum += loss.detach()
         self.correct_sum += correct.detach()
 
+    def _graph_body(self) -> None:
+        """The captured step: this step's batch and learning rate from the device tables."""
+        at = self._index.view(1)
+        self.batch = self.batches.index_select(0, at).squeeze(0)
+        assert self._lr is not None
+        self._lr.copy_(self._lrs.index_select(0, at).squeeze(0))
+        self._body()
+        self._index += 1
+
     def _capture(self) -> None:
-        """Warm up on a side stream at learning rate 0 (parameters unchanged), capture one
-        step, then reset the optimizer state and accumulators so training starts fresh."""
+        """Build a capturable optimizer and the device tables, record the step, then zero the
+        optimizer state the warm-up created, so training starts fresh."""
+        steps = self.config.steps
+        self._lrs = torch.tensor([self.config.lr * self.schedule(i) for i in range(steps)],
+                                 dtype=torch.float32, device=self.device)
+        self._index = torch.zeros((), dtype=torch.long, device=self.device)
         self._lr = torch.zeros((), device=self.device)
         self.opt = build_optimizer(self.model, self._lr, self.config.weight_decay,
                                    self.config.betas, self.device, capturable=True)
-        stream = torch.cuda.Stream(self.device)
-        stream.wait_stream(torch.cuda.current_stream(self.device))
-        with torch.cuda.stream(stream):
-            for _ in range(3):
-                self.opt.zero_grad(set_to_none=True)
-                self._body()
-        torch.cuda.current_stream(self.device).wait_stream(stream)
-        self.opt.zero_grad(set_to_none=True)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            self._body()
+        self.graph = self._record()
+        for value in self._optimizer_tensors():  # AdamW's moments and step counts start at 0
+            value.zero_()
         torch.cuda.synchronize(self.device)
-        for state in self.opt.state.values():  # AdamW's moments and step counts start at 0
-            for value in state.values():
-                if isinstance(value, torch.Tensor):
-                    value.zero_()
-        self.loss_sum.zero_()
-        self.correct_sum.zero_()
-        self.graph = graph
 
-    def step(self, index: int, batch: torch.Tensor) -> None:
-        """Step ``index`` (0-based, for the schedule) on ``batch``; no host synchronisation."""
-        lr = self.config.lr * self.schedule(index)
-        self.batch.copy_(batch, non_blocking=True)
+    def _record(self) -> torch.cuda.CUDAGraph:
+        """Warm up on a side stream, then capture one step. The warm-up really steps: the
+        parameters, the optimizer state that exists, the accumulators and the step counter are
+        put back afterwards (also when capturing fails)."""
+        torch.cuda.synchronize(self.device)  # nothing in flight
+        saved = [(v, v.detach().clone()) for v in
+                 [*self.params, *self._optimizer_tensors(), self.loss_sum, self.correct_sum,
+                  self._index]]
+        try:
+            stream = torch.cuda.Stream(self.device)
+            stream.wait_stream(torch.cuda.current_stream(self.device))
+            with torch.cuda.stream(stream):
+                for _ in range(3):
+                    self.opt.zero_grad(set_to_none=True)
+                    self._graph_body()
+                    self._index.zero_()
+            torch.cuda.current_stream(self.device).wait_stream(stream)
+            self.opt.zero_grad(set_to_none=True)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                self._graph_body()
+            return graph
+        except Exception:
+            _leave_rng_capture(self.device)
+            raise
+        finally:
+            torch.cuda.synchronize(self.device)
+            with torch.no_grad():
+                for value, copy in saved:
+                    value.copy_(copy)
+            torch.cuda.synchronize(self.device)
+
+    def _optimizer_tensors(self) -> list[torch.Tensor]:
+        return [v for state in self.opt.state.values() for v in state.values()
+                if isinstance(v, torch.Tensor)]
+
+    def recapture(self) -> bool:
+        """Record the step again after the model's code changed (e.g. its mixers were swapped
+        for compiled ones), keeping the training state. False, with the previous graph kept,
+        when the new code cannot be captured. Eager trainers have nothing to do."""
+        if self.graph is None:
+            return True
+        try:
+            self.graph = self._record()
+        except Exception as exc:  # not capturable: keep the old graph
+            log.info("CUDA graph recapture failed (%s: %s)", type(exc).__name__, str(exc)[:200])
+            return False
+        return True
+
+    def step(self, index: int) -> None:
+        """Step ``index`` (0-based: steps are taken in order); no host synchronisation."""
+        if index != self._next:
+            raise ValueError(f"step {index} called, step {self._next} expected")
+        self._next += 1
         if self.graph is not None:
-            assert self._lr is not None
-            self._lr.fill_(lr)
             self.graph.replay()
             return
         for group in self.opt.param_groups:
-            group["lr"] = lr
+            group["lr"] = self.config.lr * self.schedule(index)
+        self.batch = self.batches[index]
         self._body()
         self.opt.zero_grad(set_to_none=True)
 
@@ -182,3 +240,13 @@ class Trainer:
         self.loss_sum.zero_()
         self.correct_sum.zero_()
         return loss, correct
+
+
+def _leave_rng_capture(device: torch.device) -> None:
+    """A capture that fails part-way leaves the device's default generator in capture mode
+    (torch skips the generator's epilogue when ending the capture raises), after which every
+    random op on the device fails with "Offset increment outside graph capture". A clone of
+    the generator's state starts outside capture, with the same seed and offset."""
+    gen = torch.cuda.default_generators[device.index if device.index is not None
+                                        else torch.cuda.current_device()]
+    gen.graphsafe_set_state(gen.clone_state())

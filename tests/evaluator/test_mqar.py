@@ -11,8 +11,9 @@ import torch.nn.functional as F
 from pydantic import ValidationError
 from torch import nn
 
+from evaluator.token_mixer.model import MixerCompiler
 from evaluator.token_mixer.mqar import (
-    IGNORE_INDEX, MQAROptions, _distinct_ints, generate_mqar, run_mqar,
+    IGNORE_INDEX, MQAROptions, _distinct_ints, build_data, generate_mqar, run_mqar, train_run,
 )
 from evaluator.types import FailureKind, StageFailure
 
@@ -176,6 +177,52 @@ def test_cuda_graph_training_matches_eager_and_falls_back() -> None:
     assert abs(graphed["mqar_acc"] - eager["mqar_acc"]) < 0.05
     fallback = run_mqar(HostSync, options, gpu, torch.float32, seed=0)
     assert fallback["mqar_cuda_graph"] == 0.0 and fallback["mqar_acc"] >= 0.9
+    torch.randint(0, 9, (4,), device=gpu)  # the failed capture left the generator usable
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_recapture_keeps_the_training_state() -> None:
+    from evaluator.token_mixer.model import MixerLM
+    from evaluator.token_mixer.training import OptimConfig, Trainer
+
+    gpu = torch.device("cuda")
+    opts = MQAROptions(settings=[(64, 4)])
+    model = MixerLM(opts.model_config_for(), SoftmaxAttention).to(gpu)
+    data = torch.randint(0, opts.vocab_size, (8, 64), device=gpu)
+
+    def loss_fn(idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = model(data[idx])
+        return F.cross_entropy(logits.flatten(0, 1), data[idx].flatten()), logits.sum()
+
+    batches = torch.randint(0, 8, (10, 4), device=gpu)
+    trainer = Trainer(model, loss_fn, OptimConfig(lr=1e-3, steps=10), gpu, torch.bfloat16, batches)
+    assert trainer.graphed
+    for i in range(5):
+        trainer.step(i)
+    trainer.take_sums()  # waits for the steps (they run on the trainer's stream)
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    moments = [v.clone() for v in trainer._optimizer_tensors()]
+    model.compile_mixers()
+    assert trainer.recapture()
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(p, before[name], rtol=0, atol=0)  # the warm-up was undone
+    for now, then in zip(trainer._optimizer_tensors(), moments):
+        torch.testing.assert_close(now, then, rtol=0, atol=0)
+    trainer.step(5)
+    trainer.take_sums()
+    assert any(not torch.equal(p, before[n]) for n, p in model.named_parameters())
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_mqar_on_cuda_compiles_in_the_background() -> None:
+    options = MQAROptions(settings=[(64, 4), (64, 8)], steps=600, lrs=(3e-3,), check_every=20)
+    gpu = torch.device("cuda")
+    metrics = run_mqar(SoftmaxAttention, options, gpu, torch.bfloat16, seed=0)
+    assert metrics["mqar_compile_s"] > 0  # (graphs may have been compiled by an earlier test)
+    assert 0 <= metrics["mqar_eager_steps"] <= metrics["mqar_steps"]
+    assert metrics["mqar_acc"] >= 0.9 and metrics["mqar_cuda_graph"] == 1.0
 
 
 class Unfusable(SoftmaxAttention):
@@ -211,6 +258,44 @@ def test_compiled_mixers_train_like_eager_and_evaluate_eagerly() -> None:
         with torch.no_grad():
             model(ids)
         assert len(calls) == opts.n_layers  # evaluation used the eager mixer
+
+
+class LateCompiler(MixerCompiler):
+    """Compiles (aot_eager: no C++ toolchain) before training starts but reports done only
+    from the ``after``-th poll on, so the switch lands at a known window boundary."""
+
+    def __init__(self, after: int):
+        super().__init__(backend="aot_eager")
+        self.polls, self.after = 0, after
+
+    def start(self, scratch, ids, dtype) -> None:
+        super().start(scratch, ids, dtype)
+        super().wait()
+        self.polls = 0  # count the training loop's polls only
+
+    def done(self) -> bool:
+        self.polls += 1
+        return self.polls >= self.after and super().done()
+
+    def wait(self) -> None:
+        pass
+
+
+def test_run_switches_to_compiled_mixers_at_a_window_boundary() -> None:
+    options = MQAROptions(steps=60, check_every=10, lrs=(3e-3,), early_stop_acc=None)
+    train, test = build_data(options, options.settings[0], seed=0, device=CPU)
+    compiler = LateCompiler(after=3)
+    run = train_run(SoftmaxAttention, options, train, test, 3e-3, CPU, torch.float32, 0, compiler)
+    assert compiler.error is None and compiler.graphs >= 1
+    assert run.eager_steps == 30 and run.steps == 60 and run.finite
+    # the next run starts compiled; a compiler that failed leaves every run eager
+    again = train_run(SoftmaxAttention, options, train, test, 3e-3, CPU, torch.float32, 0, compiler)
+    assert again.eager_steps == 0
+    compiler.reject("test")
+    eager = train_run(SoftmaxAttention, options, train, test, 3e-3, CPU, torch.float32, 0, compiler)
+    assert eager.eager_steps == 60
+    # eager and compiled training take the same path (same loss to float tolerance)
+    assert abs(again.loss - eager.loss) < 1e-3 * max(1.0, abs(eager.loss))
 
 
 def test_generated_data_are_pinned_per_seed() -> None:
