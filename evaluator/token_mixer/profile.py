@@ -99,7 +99,7 @@ class ProfileOptions(BaseModel):
             d_model=1024, num_heads=8, train_tokens=65_536, train_seq_len=2048,
             prefill_lens=(512, 2048, 8192), decode_contexts=(512, 2048), decode_batch=8,
             decode_tokens=32, state_seq_len=8192, timing_seq_lens=(2048, 4096, 8192, 16384),
-            timing_batch=4, timing_d_model=256, timing_num_heads=2, warmup=3, repeats=10,
+            timing_batch=4, timing_d_model=256, timing_num_heads=2, warmup=2, repeats=5,
         )
         return cls(**{**base, **overrides})
 
@@ -184,33 +184,46 @@ def _state_nbytes(state: object) -> int:
     return 0
 
 
-def _decode_ms(
-    mixer: nn.Module, context: int, options: ProfileOptions, device: torch.device,
-    dtype: torch.dtype,
-) -> tuple[float, float | None]:
-    """(median per-token decode latency in ms, state bytes per sequence or None)."""
-    b, d = options.decode_batch, options.d_model
-    gen = torch.Generator(device="cpu").manual_seed(1)
-    x = torch.randn(b, context + options.decode_tokens, d, generator=gen).to(device)
-    step = getattr(mixer, "step", None)
-    with torch.no_grad(), autocast_context(device, dtype):
-        if not callable(step):
-            def recompute() -> None:
-                mixer(x[:, : context + 1])
-            times = time_ms(recompute, device, options.warmup, options.repeats)
-            return statistics.median(times), None
-        state = None
-        for i in range(context):
-            _, state = step(x[:, i], state)
-        built = state
+class _Decoder:
+    """Decode latency of one mixer after growing contexts. The state is built once, one
+    ``step`` at a time through a shared random input, and each context continues from the
+    previous one's state instead of starting over (the build is launch-bound on a GPU: ~1 ms
+    a token for the chunked seeds, most of the profile stage's decode time)."""
 
-        def decode() -> None:
-            s = built
-            for i in range(options.decode_tokens):
-                _, s = step(x[:, context + i], s)
+    def __init__(self, mixer: nn.Module, options: ProfileOptions, device: torch.device,
+                 dtype: torch.dtype):
+        self.mixer, self.options, self.device, self.dtype = mixer, options, device, dtype
+        gen = torch.Generator(device="cpu").manual_seed(1)
+        longest = max(options.decode_contexts) + options.decode_tokens
+        self.x = torch.randn(options.decode_batch, longest, options.d_model, generator=gen).to(device)
+        self.state: object = None
+        self.built_to = 0
 
-        times = time_ms(decode, device, options.warmup, options.repeats)
-    return statistics.median(times) / options.decode_tokens, _state_nbytes(built) / b
+    def measure(self, context: int) -> tuple[float, float | None]:
+        """(median per-token decode latency in ms after ``context`` tokens, state bytes per
+        sequence or None); contexts must come in increasing order."""
+        o, x, mixer = self.options, self.x, self.mixer
+        step = getattr(mixer, "step", None)
+        with torch.no_grad(), autocast_context(self.device, self.dtype):
+            if not callable(step):
+                def recompute() -> None:
+                    mixer(x[:, : context + 1])
+                times = time_ms(recompute, self.device, o.warmup, o.repeats)
+                return statistics.median(times), None
+            if context < self.built_to:
+                raise ValueError(f"decode contexts must increase: {context} after {self.built_to}")
+            for i in range(self.built_to, context):
+                _, self.state = step(x[:, i], self.state)
+            self.built_to = context
+            built = self.state
+
+            def decode() -> None:
+                s = built
+                for i in range(o.decode_tokens):
+                    _, s = step(x[:, context + i], s)
+
+            times = time_ms(decode, self.device, o.warmup, o.repeats)
+        return statistics.median(times) / o.decode_tokens, _state_nbytes(built) / o.decode_batch
 
 
 def _flops_per_token(make_mixer: MixerFactory, options: ProfileOptions, seed: int) -> float:
@@ -273,9 +286,10 @@ def _measure(
             fwd = _train_step_fn(m, options.prefill_batch, t, d, device, dtype, backward=False)
             prefill[i][t] = statistics.median(time_ms(fwd, device, w, r))
     t2 = time.perf_counter()
-    for c in options.decode_contexts:
-        for i, m in enumerate(mixers):
-            decode[i][c], nbytes = _decode_ms(m, c, options, device, dtype)
+    decoders = [_Decoder(m, options, device, dtype) for m in mixers]
+    for c in sorted(options.decode_contexts):
+        for i, decoder in enumerate(decoders):
+            decode[i][c], nbytes = decoder.measure(c)
             if nbytes is not None:
                 state_bytes[i][c] = nbytes
     for m in mixers:
