@@ -3,6 +3,8 @@
     python benchmarks/gpu_rung1.py zoo        # MQAR T=256 / 16 pairs for the whole seed zoo
     python benchmarks/gpu_rung1.py exponent   # timing exponents at saturating batch
     python benchmarks/gpu_rung1.py compile [SEEDS]  # eager vs torch.compile'd mixers, per step
+    python benchmarks/gpu_rung1.py overlap [SEED] [--beside] [--autotune]  # compile time of one
+                                              # mixer, alone or beside eager training (one per process)
     python benchmarks/gpu_rung1.py cost [SEED]  # full rung-1 cost of one candidate + GPU busy %
     python benchmarks/gpu_rung1.py cost [SEED] --sandbox  # the same, through the sandbox
 
@@ -148,6 +150,48 @@ def compile_speed(args: argparse.Namespace) -> None:
                   f"{m['mqar_compiled_graphs']:.0f}  stage {time.perf_counter() - t0:5.1f} s", flush=True)
 
 
+def overlap(args: argparse.Namespace) -> None:
+    """How long compiling one seed's mixer takes (wall and the compiling thread's CPU time):
+    alone (the GPU idles meanwhile), or ``--beside`` a rung-1 MQAR run that trains eagerly
+    until the compile is done (``MixerCompiler``). ``--autotune`` turns inductor's pointwise
+    autotuning back on. Run one variant per process: the caches start empty here, and dynamo
+    would reuse code compiled earlier in the process."""
+    import tempfile
+
+    scratch = tempfile.mkdtemp(prefix="archdisco-overlap-")
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = os.path.join(scratch, "inductor")
+    os.environ["TRITON_CACHE_DIR"] = os.path.join(scratch, "triton")
+    from evaluator.token_mixer import model as frame
+    from evaluator.token_mixer.mqar import MQAROptions, build_data, train_run
+
+    if args.autotune:
+        frame.COMPILE_OPTIONS.pop("triton.autotune_pointwise", None)
+    dev = torch.device("cuda")
+    mixer = load_seed(args.seed).Mixer
+    opts = MQAROptions.rung1(settings=((256, 16),), steps=2000, early_stop_acc=None)
+    train, test = build_data(opts, opts.settings[0], 0, dev)
+    label = f"{args.seed}, {'beside training' if args.beside else 'alone'}, " \
+            f"pointwise autotune {'on' if args.autotune else 'off'}"
+    t0 = time.perf_counter()
+    if not args.beside:
+        model = frame.MixerLM(opts.model_config_for(), mixer).to(dev)
+        model.compile_mixers()
+        c0 = time.thread_time()
+        with torch.autocast("cuda", torch.bfloat16):
+            h = model.hidden(train.inputs[:opts.batch_size])
+        h.float().square().mean().backward()
+        torch.cuda.synchronize()
+        print(f"{label}: compile {time.perf_counter() - t0:.1f} s wall, "
+              f"{time.thread_time() - c0:.1f} s thread CPU", flush=True)
+        return
+    compiler = frame.MixerCompiler()
+    run = train_run(mixer, opts, train, test, 1e-3, dev, torch.bfloat16, 0, compiler)
+    compiler.wait()
+    print(f"{label}: compile {compiler.wall_s:.1f} s wall, {compiler.cpu_s:.1f} s thread CPU; "
+          f"run {run.wall_s:.1f} s, {run.eager_steps} of {run.steps} steps eager, "
+          f"accuracy {run.accuracy:.3f}", flush=True)
+
+
 def _sample_gpu(stop: threading.Event, out: list[tuple[float, int]]) -> None:
     proc = subprocess.Popen(["nvidia-smi", "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits",
                              "-lms", "100"], stdout=subprocess.PIPE, text=True)
@@ -256,6 +300,10 @@ def main() -> None:
     k = sub.add_parser("compile")
     k.add_argument("seeds", nargs="*")
     k.add_argument("--steps", type=int, default=300)
+    v = sub.add_parser("overlap")
+    v.add_argument("seed", nargs="?", default="gated_deltanet")
+    v.add_argument("--beside", action="store_true", help="compile beside an eager training run")
+    v.add_argument("--autotune", action="store_true", help="inductor's pointwise autotuning on")
     c = sub.add_parser("cost")
     c.add_argument("seed", nargs="?", default="deltanet")
     c.add_argument("--sandbox", action="store_true", help="evaluate through the sandbox, as a worker does")
@@ -263,7 +311,8 @@ def main() -> None:
                    help="override an MQAR stage option, e.g. --mqar compile=false")
     args = p.parse_args()
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
-    {"zoo": zoo, "exponent": exponent, "compile": compile_speed, "cost": cost}[args.cmd](args)
+    {"zoo": zoo, "exponent": exponent, "compile": compile_speed, "overlap": overlap,
+     "cost": cost}[args.cmd](args)
 
 
 if __name__ == "__main__":

@@ -38,6 +38,8 @@ from torch import nn
 from torch.nn import functional as F
 
 MixerFactory = Callable[[int, int], nn.Module]
+# inductor options of MixerLM.compile_mixers (see there)
+COMPILE_OPTIONS: dict[str, object] = {"triton.autotune_pointwise": False}
 
 _DTYPES: dict[str, torch.dtype] = {
     "float32": torch.float32,
@@ -216,7 +218,7 @@ class MixerLM(nn.Module):
         # several: compiling Gated DeltaNet's mixer on an H100 host took 22.6 s instead of
         # 31.4 s (on the MixerCompiler thread beside training, 30.9 s instead of 55 s), for a
         # step about 5% slower when measured eagerly (docs/PERFORMANCE.md).
-        options = {"triton.autotune_pointwise": False} if backend == "inductor" else None
+        options = dict(COMPILE_OPTIONS) if backend == "inductor" else None
         for block in self.blocks:
             object.__setattr__(block, "compiled_mixer", torch.compile(
                 block.mixer, dynamic=False, backend=backend, options=options))

@@ -152,9 +152,10 @@ class MQAROptions(BaseModel):
         early once its training accuracy reaches 0.995, and the sweep stops once a run reaches
         0.99 on held-out data).
 
-        Cost on an H100 through the sandbox, Gated DeltaNet (the slowest seed): 133 s for this
-        stage with compiled mixers (12.5 ms a step, 6700 steps; accuracy 0.998 / 0.943), 191.5 s
-        for the whole rung (docs/PERFORMANCE.md). Cutting to 1500 steps dropped its 64-pair
+        Cost on an H100 through the sandbox, Gated DeltaNet (the slowest seed), mixers compiled
+        beside the first run: 123 s for this stage when one run stops early (6700 steps;
+        accuracy 0.998 / 0.943; 176.6 s for the whole rung), 147 s when none does (8000 steps;
+        200.1 s), GPU busy 89% / 88% (docs/PERFORMANCE.md). Cutting to 1500 steps dropped its 64-pair
         accuracy from 0.93 to 0.35 (below the transition), so the budget stays at 2000 steps.
         Earlier measurements with 16/32/64 pairs at 2000 steps, eager: softmax attention 0.9996
         / 0.9997 / 0.9995, DeltaNet 0.998 / 0.994 / 0.999, plain linear attention 0.986 / 0.598

@@ -298,6 +298,20 @@ def test_run_switches_to_compiled_mixers_at_a_window_boundary() -> None:
     assert abs(again.loss - eager.loss) < 1e-3 * max(1.0, abs(eager.loss))
 
 
+def test_a_compiler_error_keeps_the_runs_eager() -> None:
+    from evaluator.token_mixer.model import MixerLM
+
+    options = MQAROptions(steps=30, check_every=10, lrs=(3e-3,), early_stop_acc=None)
+    train, test = build_data(options, options.settings[0], seed=0, device=CPU)
+    compiler = MixerCompiler(backend="aot_eager")
+    scratch = MixerLM(options.model_config_for(), SoftmaxAttention)
+    compiler.start(scratch, torch.zeros(2, 64), torch.float32)  # float ids: the embedding raises
+    compiler.wait()
+    assert isinstance(compiler.error, RuntimeError) and not compiler.ok
+    run = train_run(SoftmaxAttention, options, train, test, 3e-3, CPU, torch.float32, 0, compiler)
+    assert run.finite and run.eager_steps == 30
+
+
 def test_generated_data_are_pinned_per_seed() -> None:
     """The data of a seed never change silently (campaigns compare candidates across runs and
     resumes): a checksum of one rung-1-shaped draw, taken when the generator was rewritten to
