@@ -18,7 +18,9 @@ device), model initialisation is identical across the sweep, and the training lo
 device busy: on CUDA the whole step is a replayed CUDA graph where the candidate allows it
 (``training.py``), the candidate's mixers are trained through ``torch.compile`` (``compile``,
 on CUDA only: ``MixerLM.compile_mixers``; the mixer keeps running eagerly where it cannot be
-compiled, and ``mqar_compiled_graphs`` counts what was), and there is no host synchronisation
+compiled, and ``mqar_compiled_graphs`` counts what was) after compiling on a worker thread
+while the first run trains eagerly (``MixerCompiler``; ``mqar_eager_steps`` says how many
+steps that was, so GPU runs are not bit-reproducible), and there is no host synchronisation
 except every ``check_every`` steps, where the loss is checked for non-finite values and the
 step time of the window is recorded. The frame's token shift is on by default (see
 ``model.py``).
