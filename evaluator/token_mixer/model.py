@@ -217,7 +217,7 @@ class MixerLM(nn.Module):
         # Pointwise kernels take inductor's heuristic launch config instead of benchmarking
         # several: compiling Gated DeltaNet's mixer on an H100 host took 22.6 s instead of
         # 31.4 s (on the MixerCompiler thread beside training, 30.9 s instead of 55 s), for a
-        # step about 5% slower when measured eagerly (docs/PERFORMANCE.md).
+        # slower step: 14.4 ms against 12.5 ms in the rung-1 MQAR run (docs/PERFORMANCE.md).
         options = dict(COMPILE_OPTIONS) if backend == "inductor" else None
         for block in self.blocks:
             object.__setattr__(block, "compiled_mixer", torch.compile(

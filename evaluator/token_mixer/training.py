@@ -102,7 +102,7 @@ class Trainer:
         self.loss_sum = torch.zeros((), device=device)
         self.correct_sum = torch.zeros((), device=device)
         self.batches = batches
-        self.batch = batches[0].clone()  # the eager path's current batch
+        self.batch = batches[0]  # the current step's batch (set by step / _graph_body)
         self.scaler = torch.amp.GradScaler(device.type) if dtype == torch.float16 else None
         self.graph: torch.cuda.CUDAGraph | None = None
         self._lr: torch.Tensor | None = None

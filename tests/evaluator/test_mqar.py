@@ -200,7 +200,7 @@ def test_recapture_keeps_the_training_state() -> None:
     assert trainer.graphed
     for i in range(5):
         trainer.step(i)
-    trainer.take_sums()  # waits for the steps (they run on the trainer's stream)
+    trainer.take_sums()  # a host synchronisation: the steps have finished
     before = {name: p.detach().clone() for name, p in model.named_parameters()}
     moments = [v.clone() for v in trainer._optimizer_tensors()]
     model.compile_mixers()
