@@ -201,20 +201,21 @@ def _sample_gpu(stop: threading.Event, out: list[tuple[float, int]]) -> None:
     proc.terminate()
 
 
-def _stages(task, overrides: dict[str, object]) -> list:
-    """Rung 1's stages, with ``overrides`` of the MQAR stage's options (``--mqar KEY=VALUE``)."""
+def _stages(task, overrides: dict[str, dict[str, object]]) -> list:
+    """Rung 1's stages, with ``overrides`` of a stage's options by stage name (``--mqar
+    KEY=JSON``, ``--lm KEY=JSON``)."""
     stages = []
     for stage in task.stages(1):
-        if stage.name == "mqar" and overrides:
+        if overrides.get(stage.name):
             opts = dict(stage.options)
-            opts["overrides"] = {**opts.get("overrides", {}), **overrides}
+            opts["overrides"] = {**opts.get("overrides", {}), **overrides[stage.name]}
             stage = stage.model_copy(update={"options": opts})
         stages.append(stage)
     return stages
 
 
 def _sandboxed(task, name: str, target: TargetSpec, samples: list[tuple[float, int]],
-               overrides: dict[str, object]) -> list[tuple]:
+               overrides: dict[str, dict[str, object]]) -> list[tuple]:
     """Run rung 1 in one sandboxed child; per-stage windows come from the stage wall times
     (stages run back to back after the child's start-up and the implicit load stage)."""
     from sandbox.api import EvalRequest, SandboxLimits
@@ -259,10 +260,13 @@ def cost(args: argparse.Namespace) -> None:
     sampler.start()
     time.sleep(1.0)
     rows = []
-    overrides = {k: json.loads(v) for k, v in (kv.split("=", 1) for kv in args.mqar)}
+    overrides = {stage: {k: json.loads(v) for k, v in (kv.split("=", 1) for kv in pairs)}
+                 for stage, pairs in (("mqar", args.mqar), ("lm", args.lm))}
     if args.sandbox:
         rows = _sandboxed(task, name, target, samples, overrides)
-    for stage in ([] if args.sandbox else _stages(task, overrides)):
+    in_process = [] if args.sandbox else _stages(task, overrides)
+    task.plan(in_process, target)  # as the sandbox harness does
+    for stage in in_process:
         t0 = time.monotonic()
         result = task.run_stage(program, stage, target)
         t1 = time.monotonic()
@@ -271,8 +275,9 @@ def cost(args: argparse.Namespace) -> None:
               {k: round(v, 4) for k, v in list(result.metrics.items())[:12]}, flush=True)
     stop.set()
     total = sum(r[2] for r in rows)
+    changed = {stage: o for stage, o in overrides.items() if o}
     print(f"\nrung-1 cost of {name} on {torch.cuda.get_device_name()} (bf16)"
-          + (f", MQAR overrides {overrides}" if overrides else ""))
+          + (f", overrides {changed}" if changed else ""))
     print(f"{'stage':10} {'ok':>4} {'wall s':>8} {'busy %':>7} {'mean util %':>12}")
     for stage, ok, wall, busy, util in rows:
         print(f"{stage:10} {str(ok):>4} {wall:8.1f} {100 * busy:7.1f} {util:12.1f}")
@@ -304,6 +309,8 @@ def main() -> None:
     c.add_argument("--sandbox", action="store_true", help="evaluate through the sandbox, as a worker does")
     c.add_argument("--mqar", action="append", default=[], metavar="KEY=JSON",
                    help="override an MQAR stage option, e.g. --mqar compile=false")
+    c.add_argument("--lm", action="append", default=[], metavar="KEY=JSON",
+                   help="override an LM stage option, e.g. --lm compile=false")
     args = p.parse_args()
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
     {"zoo": zoo, "exponent": exponent, "compile": compile_speed, "overlap": overlap,

@@ -144,6 +144,10 @@ class Task(Protocol):
     """What is being designed and how it is judged (DESIGN.md section 4).
 
     ``run_stage`` runs inside the sandbox child; everything else runs in the driver.
+    Optionally a task defines ``plan(stages, target)``: the child calls it once, before the
+    first stage, with the stages it is about to run (in order), so that a stage can prepare
+    work for a later one in the same process (token-mixer: the MQAR stage compiles the LM
+    stage's shapes while it trains).
     """
 
     name: str

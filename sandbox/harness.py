@@ -91,6 +91,9 @@ class Harness:
             return results
         program = Program(code=request.code, module=module, dtype=request.target.dtype,
                           seed=request.seed)
+        plan = getattr(task, "plan", None)
+        if callable(plan):
+            plan(list(request.stages), request.target)
         for stage in request.stages:
             self._emit(StageStartEvent(stage=stage.name))
             result = self._run_stage(task, program, stage, request)

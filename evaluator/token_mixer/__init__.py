@@ -21,7 +21,7 @@ from __future__ import annotations
 import inspect
 import math
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from types import MappingProxyType
 from typing import Any, Literal
 
@@ -250,6 +250,10 @@ class TokenMixerTask:
     def check_interface(self, module: Any) -> str | None:
         return check_mixer_interface(module)
 
+    def plan(self, stages: list[StageSpec], target: TargetSpec) -> None:
+        """Child side: the stages about to run in this process (see ``Task``)."""
+        self._planned = list(stages)
+
     def run_stage(self, program: Program, stage: StageSpec, target: TargetSpec) -> StageResult:
         """Run one stage on ``program`` inside the sandbox child.
 
@@ -257,8 +261,10 @@ class TokenMixerTask:
         the sandbox harness (RUNTIME / OOM).
         """
         t0 = time.perf_counter()
+        planned = getattr(self, "_planned", [])
+        later = planned[planned.index(stage) + 1:] if stage in planned else []
         try:
-            metrics = _run(stage, program, target)
+            metrics = _run(stage, program, target, later)
         except StageFailure as failure:
             return StageResult.failure(
                 stage.name, failure.kind, failure.message, target=target.name, rung=stage.rung,
@@ -278,12 +284,18 @@ def _finite(metrics: Mapping[str, float]) -> dict[str, float]:
     return out
 
 
-def _run(stage: StageSpec, program: Program, target: TargetSpec) -> dict[str, float]:
+def _device_type(stage: StageSpec, target: TargetSpec) -> str:
+    return "cpu" if stage.device == "cpu" else target.device
+
+
+def _run(stage: StageSpec, program: Program, target: TargetSpec,
+         later: Sequence[StageSpec] = ()) -> dict[str, float]:
+    """Run ``stage``; ``later`` are the stages this process runs after it (``plan``)."""
     import torch
 
     from evaluator.token_mixer.model import resolve_dtype
 
-    device_type = "cpu" if stage.device == "cpu" else target.device
+    device_type = _device_type(stage, target)
     if device_type == "cuda" and not torch.cuda.is_available():
         raise StageFailure(FailureKind.INFRA,
                            f"target {target.name!r} asks for CUDA but this worker has no usable GPU")
@@ -308,7 +320,8 @@ def _run(stage: StageSpec, program: Program, target: TargetSpec) -> dict[str, fl
         proxy = resolve_proxy_options(name, ProxyPreset(**opts), device_type)
     if name == "mqar":
         from evaluator.token_mixer.mqar import run_mqar
-        return run_mqar(make_mixer, proxy, *args)  # type: ignore[arg-type]
+        return run_mqar(make_mixer, proxy, *args,  # type: ignore[arg-type]
+                        prewarm=_lm_prewarm(later, make_mixer, device, dtype, program.seed, target))
     if name == "lm":
         from evaluator.token_mixer.lm import run_lm
         return run_lm(make_mixer, proxy, *args)  # type: ignore[arg-type]
@@ -317,6 +330,20 @@ def _run(stage: StageSpec, program: Program, target: TargetSpec) -> dict[str, fl
         reference = _seed_mixer(TokenMixerTask.reference_seed)
         return run_profile(make_mixer, proxy, *args, reference_make_mixer=reference)  # type: ignore[arg-type]
     raise ValueError(f"token-mixer has no stage {name!r}")
+
+
+def _lm_prewarm(later: Sequence[StageSpec], make_mixer: Any, device: Any, dtype: Any, seed: int,
+                target: TargetSpec) -> Callable[[], object] | None:
+    """What the MQAR stage calls to start compiling the next LM stage's shapes (when an LM
+    stage follows in this process on the same device; ``lm.prewarm_lm``)."""
+    lm = next((s for s in later if s.name == "lm"), None)
+    if lm is None or _device_type(lm, target) != device.type:
+        return None
+    from evaluator.token_mixer.lm import LMOptions, prewarm_lm
+
+    options = resolve_proxy_options("lm", ProxyPreset(**lm.options), device.type)
+    assert isinstance(options, LMOptions)
+    return lambda: prewarm_lm(make_mixer, options, device, dtype, seed)
 
 
 def _seed_mixer(name: str) -> Callable[[int, int], Any]:

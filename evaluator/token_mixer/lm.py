@@ -35,9 +35,10 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch.nn import functional as F
 
 from evaluator.token_mixer.model import (
-    MixerFactory, MixerLM, ModelConfig, autocast_context, seeded, synchronize,
+    MixerCompiler, MixerFactory, MixerLM, ModelConfig, autocast_context, prewarm, seeded,
+    synchronize, take_prewarmed, wait_for_compilers,
 )
-from evaluator.token_mixer.training import OptimConfig, Trainer
+from evaluator.token_mixer.training import COMPILE_QUEUE, CompileSwitch, OptimConfig, Trainer
 from evaluator.types import FailureKind, StageFailure
 
 log = logging.getLogger(__name__)
@@ -75,6 +76,7 @@ class LMOptions(BaseModel):
     max_file_bytes: int = Field(default=65_536, gt=0)  # caps a file's share: more diverse text
     val_fraction: float = Field(default=0.1, gt=0.0, lt=1.0)
     cuda_graph: bool = True  # on CUDA, replay a captured graph of the step (training.py)
+    compile: bool = True  # on CUDA, train the mixers through torch.compile (see run_lm)
     reduced: bool = False
 
     @model_validator(mode="after")
@@ -209,11 +211,63 @@ def evaluate_lm(
     return total.item() / (n * options.seq_len)
 
 
+def model_config(options: LMOptions) -> ModelConfig:
+    """The byte-level LM frame of ``options``."""
+    return ModelConfig(
+        vocab_size=256, d_model=options.d_model, n_layers=options.n_layers,
+        num_heads=options.num_heads, max_seq_len=options.seq_len,
+        mlp=options.mlp, mlp_ratio=options.mlp_ratio,  # type: ignore[arg-type]
+        pos_emb=options.pos_emb, token_shift=options.token_shift,  # type: ignore[arg-type]
+    )
+
+
+def _compile_key(make_mixer: MixerFactory, options: LMOptions, device: torch.device,
+                 dtype: torch.dtype) -> tuple[Any, ...]:
+    return ("lm", make_mixer, options.batch_size, options.seq_len, model_config(options),
+            str(device), dtype)
+
+
+def _compiles(options: LMOptions, device: torch.device) -> bool:
+    return options.compile and device.type == "cuda"
+
+
+def _start_compile(make_mixer: MixerFactory, options: LMOptions, device: torch.device,
+                   dtype: torch.dtype, seed: int, register: bool) -> MixerCompiler:
+    """Compile the mixers at the LM's training shapes on a worker thread (``MixerCompiler``);
+    ``register`` leaves it for a later ``run_lm`` to collect (``model.prewarm``)."""
+    with seeded(seed, device):
+        scratch = MixerLM(model_config(options), make_mixer).to(device)
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    ids = torch.randint(0, 256, (options.batch_size, options.seq_len), generator=gen).to(device)
+    compiler = MixerCompiler()
+    if register:
+        return prewarm(_compile_key(make_mixer, options, device, dtype), compiler, scratch, ids, dtype)
+    compiler.start(scratch, ids, dtype)
+    return compiler
+
+
+def prewarm_lm(make_mixer: MixerFactory, options: LMOptions, device: torch.device,
+               dtype: torch.dtype, seed: int) -> MixerCompiler | None:
+    """Start compiling the mixers for a later ``run_lm`` with the same arguments (on CUDA with
+    ``compile`` on; else None). An earlier stage calls this while it trains (``run_mqar``'s
+    ``prewarm``), so the LM stage can start compiled."""
+    if not _compiles(options, device):
+        return None
+    return _start_compile(make_mixer, options, device, dtype, seed, register=True)
+
+
 def run_lm(
     make_mixer: MixerFactory, options: LMOptions, device: torch.device, dtype: torch.dtype,
     seed: int,
 ) -> dict[str, float]:
     """Train the byte-level LM around the mixer and report validation loss / bits per byte.
+
+    On CUDA with ``compile`` (the default) the mixers train through ``torch.compile``: from
+    the first step when an earlier stage compiled them already (``prewarm_lm``; the stage
+    waits for that compile to finish, ``lm_compile_wait_s``), otherwise by compiling on a
+    worker thread while the first steps train eagerly and switching once it is done
+    (``CompileSwitch``, as the MQAR stage does; ``lm_eager_steps``). Gated DeltaNet at the
+    rung-1 shapes on an H100: 30.3 s of eager training (docs/PERFORMANCE.md).
 
     Raises ``StageFailure(NAN)`` when the training or validation loss is not finite.
     """
@@ -223,14 +277,16 @@ def run_lm(
     train, val = corpus.train.to(device), corpus.val.to(device)
     if train.numel() <= options.seq_len + 1:
         raise ValueError(f"training split ({train.numel()} bytes) shorter than seq_len {options.seq_len}")
-    config = ModelConfig(
-        vocab_size=256, d_model=options.d_model, n_layers=options.n_layers,
-        num_heads=options.num_heads, max_seq_len=options.seq_len,
-        mlp=options.mlp, mlp_ratio=options.mlp_ratio,  # type: ignore[arg-type]
-        pos_emb=options.pos_emb, token_shift=options.token_shift,  # type: ignore[arg-type]
-    )
+    use_compile = _compiles(options, device)
+    compiler = take_prewarmed(_compile_key(make_mixer, options, device, dtype)) if use_compile else None
+    prewarmed = compiler is not None
+    wait_s = wait_for_compilers()  # no capture (or timing) while a compiler launches kernels
     with seeded(seed, device):
-        model = MixerLM(config, make_mixer).to(device)
+        model = MixerLM(model_config(options), make_mixer).to(device)
+    compiled = compiler is not None and compiler.ok
+    if compiled:
+        assert compiler is not None
+        model.compile_mixers(compiler.backend)
     steps, b, t = options.total_steps, options.batch_size, options.seq_len
     gen = torch.Generator(device="cpu").manual_seed(seed)
     offsets = torch.randint(0, train.numel() - t - 1, (steps, b), generator=gen).to(device)
@@ -251,11 +307,16 @@ def run_lm(
         grad_clip=options.grad_clip,
     )
     trainer = Trainer(model, loss_fn, optim, device, dtype, offsets, options.cuda_graph)
+    if use_compile and compiler is None:
+        compiler = _start_compile(make_mixer, options, device, dtype, seed, register=False)
+    switch = CompileSwitch(model, trainer, compiler, device, COMPILE_QUEUE, compiled)
     train_loss = math.nan
+    switch_s = 0.0
     synchronize(device)
     t_train = time.perf_counter()
     for step in range(steps):
         trainer.step(step)
+        switch.after_step()
         if (step + 1) % options.check_every == 0 or step + 1 == steps:
             train_loss = trainer.take_sums()[0] / ((step % options.check_every) + 1)
             log.debug("lm step=%d train_loss=%.4f", step + 1, train_loss)
@@ -264,8 +325,11 @@ def run_lm(
                     FailureKind.NAN, f"LM training loss became non-finite by step {step + 1}",
                     metrics={**metrics, "lm_tokens": float((step + 1) * b * t)},
                 )
+            switch_s += switch.boundary(step + 1 < steps)
     synchronize(device)
     train_s = time.perf_counter() - t_train
+    if compiler is not None:
+        compiler.wait()  # (a compile that outlasted training: nothing may time beside it)
     val_loss = evaluate_lm(model, val, options, device, dtype)
     if not math.isfinite(val_loss):
         raise StageFailure(FailureKind.NAN, "LM validation loss is non-finite", metrics=metrics)
@@ -279,4 +343,12 @@ def run_lm(
         "lm_stage_s": time.perf_counter() - t0,
         "lm_cuda_graph": float(trainer.graphed),
     })
+    if use_compile:
+        metrics.update({
+            "lm_compiled": float(switch.compiled),  # the mixers ended up training compiled
+            "lm_prewarmed": float(prewarmed),  # compiled by an earlier stage
+            "lm_compile_wait_s": wait_s,
+            "lm_eager_steps": float(switch.eager_steps),
+            "lm_switch_s": switch_s,
+        })
     return metrics

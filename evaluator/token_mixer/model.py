@@ -29,7 +29,8 @@ import contextlib
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+import weakref
+from collections.abc import Callable, Hashable, Iterator
 from dataclasses import dataclass
 from typing import Literal
 
@@ -286,11 +287,17 @@ class MixerCompiler:
             self.cpu_s = time.thread_time() - c0  # this thread's CPU time (GIL held or not)
 
         self._thread = threading.Thread(target=work, name="archdisco-compile", daemon=True)
+        _STARTED.add(self)
         self._thread.start()
 
     @property
     def started(self) -> bool:
         return self._thread is not None
+
+    @property
+    def running(self) -> bool:
+        """Started and still at work."""
+        return self._thread is not None and self._thread.is_alive()
 
     def done(self) -> bool:
         """Started and finished."""
@@ -310,6 +317,38 @@ class MixerCompiler:
         """Finished without error. (``graphs`` may be 0: code compiled earlier in this process
         is reused, and a mixer dynamo cannot compile runs eagerly under ``suppress_errors``.)"""
         return self.done() and self.error is None
+
+
+_STARTED: weakref.WeakSet[MixerCompiler] = weakref.WeakSet()
+_PREWARMED: dict[Hashable, MixerCompiler] = {}
+
+
+def compiling() -> bool:
+    """Whether a ``MixerCompiler`` of this process is still at work."""
+    return any(c.running for c in list(_STARTED))
+
+
+def wait_for_compilers() -> float:
+    """Block until no ``MixerCompiler`` of this process is at work (a CUDA graph may be
+    captured, or kernels timed, only then); the seconds waited."""
+    t0 = time.perf_counter()
+    for compiler in list(_STARTED):
+        compiler.wait()
+    return time.perf_counter() - t0
+
+
+def prewarm(key: Hashable, compiler: MixerCompiler, scratch: MixerLM, ids: torch.Tensor,
+            dtype: torch.dtype) -> MixerCompiler:
+    """Start ``compiler`` on ``scratch`` for a later stage, which collects it with
+    ``take_prewarmed(key)``: a stage can compile the next stage's shapes while it trains."""
+    compiler.start(scratch, ids, dtype)
+    _PREWARMED[key] = compiler
+    return compiler
+
+
+def take_prewarmed(key: Hashable) -> MixerCompiler | None:
+    """The compiler ``prewarm`` started under ``key`` (once), or None."""
+    return _PREWARMED.pop(key, None)
 
 
 def synchronize(device: torch.device) -> None:

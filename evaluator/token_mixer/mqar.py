@@ -48,7 +48,7 @@ import math
 import statistics
 import time
 import zlib
-from collections import deque
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -59,13 +59,12 @@ from torch.nn import functional as F
 
 from evaluator.token_mixer.model import (
     MixerCompiler, MixerFactory, MixerLM, ModelConfig, autocast_context, compiled_graphs, seeded,
-    synchronize,
+    synchronize, wait_for_compilers,
 )
-from evaluator.token_mixer.training import OptimConfig, Trainer
+from evaluator.token_mixer.training import COMPILE_QUEUE, CompileSwitch, OptimConfig, Trainer
 from evaluator.types import FailureKind, StageFailure
 
 IGNORE_INDEX = -100
-COMPILE_QUEUE = 2  # steps in flight on the device while a MixerCompiler works (train_run)
 log = logging.getLogger(__name__)
 
 
@@ -282,6 +281,8 @@ class RunResult:
     setup_s: float = 0.0  # model build, graph capture (and a switch to compiled mixers)
     eval_s: float = 0.0  # held-out evaluation after training
     eager_steps: int = 0  # steps trained with eager mixers while a compiler was at work
+    wait_s: float = 0.0  # of setup_s: waiting for a compiler to finish before capturing
+    capture_s: float = 0.0  # of setup_s: building the trainer (warm-up steps and capture)
 
     def rank_key(self) -> tuple[float, float]:
         """Best run: highest accuracy, then lowest held-out loss (separates runs that tie at
@@ -316,6 +317,7 @@ def evaluate(
 def train_run(
     make_mixer: MixerFactory, options: MQAROptions, train: MQARData, test: MQARData, lr: float,
     device: torch.device, dtype: torch.dtype, seed: int, compiler: MixerCompiler | None = None,
+    after_setup: Callable[[], None] | None = None,
 ) -> RunResult:
     """Train one model at one learning rate on ``train`` (on device), score it on ``test``.
 
@@ -327,11 +329,14 @@ def train_run(
     Sandboxed rung-1 runs of Gated DeltaNet on the H100, pointwise autotuning still on:
     compile 63.1 s beside training without the cap, 57.5 s in the next run with it (single
     runs, with other changes in between); most of the slow-down went only when autotuning
-    went (``model.COMPILE_OPTIONS``: 30.9 s).
+    went (``model.COMPILE_OPTIONS``: 30.9 s). The cap applies while any compiler of the
+    process works (``CompileSwitch``), also one started for a later stage.
+
+    ``after_setup`` is called once the step is captured and before training starts (the MQAR
+    stage starts compiling the LM stage's shapes there, ``run_mqar``).
     """
-    if compiler is not None:
-        compiler.wait()  # capturing below while the compiler launches kernels is not allowed
     t0 = time.perf_counter()
+    wait_s = wait_for_compilers()  # no capture while a compiler launches kernels
     with seeded(seed, device):
         model = MixerLM(options.model_config_for(), make_mixer).to(device)
     compiled = compiler is not None and compiler.ok
@@ -354,50 +359,39 @@ def train_run(
         warmup_frac=options.warmup_frac, min_lr_ratio=options.min_lr_ratio,
         grad_clip=options.grad_clip,
     )
+    t_capture = time.perf_counter()
     trainer = Trainer(model, loss_fn, config, device, dtype, order, options.cuda_graph)
+    capture_s = time.perf_counter() - t_capture
     if compiler is not None and not compiler.started:
         with seeded(seed, device):
             scratch = MixerLM(options.model_config_for(), make_mixer).to(device)
         compiler.start(scratch, train.inputs[order[0]], dtype)
-    pace = compiler is not None and not compiled and device.type == "cuda"
-    queued: deque[torch.cuda.Event] = deque()
+    if after_setup is not None:
+        after_setup()
+    switch = CompileSwitch(model, trainer, compiler, device, COMPILE_QUEUE, compiled)
     windows: list[float] = []
     synchronize(device)
     setup_s = time.perf_counter() - t0
-    win_t, win_steps, step, eager_steps = time.perf_counter(), 0, 0, 0
+    win_t, win_steps, step = time.perf_counter(), 0, 0
     while step < options.steps:
         trainer.step(step)
         step += 1
         win_steps += 1
-        eager_steps += compiler is not None and not compiled
-        if pace:
-            queued.append(torch.cuda.Event())
-            queued[-1].record()
-            if len(queued) > COMPILE_QUEUE:
-                queued.popleft().synchronize()
+        switch.after_step()
         if win_steps == options.check_every or step == options.steps:
             loss_sum, correct = trainer.take_sums()  # the one host sync of the window
             windows.append(1000.0 * (time.perf_counter() - win_t) / win_steps)
             if not math.isfinite(loss_sum):
                 return RunResult(lr, math.nan, False, step, time.perf_counter() - t0,
                                  tuple(windows), trainer.graphed, setup_s=setup_s,
-                                 eager_steps=eager_steps)
+                                 eager_steps=switch.eager_steps, wait_s=wait_s,
+                                 capture_s=capture_s)
             train_acc = correct / (win_steps * b * k)
             log.debug("mqar lr=%g step=%d loss=%.4f train_acc=%.4f step_ms=%.2f",
                       lr, step, loss_sum / win_steps, train_acc, windows[-1])
             if options.early_stop_acc is not None and train_acc >= options.early_stop_acc:
                 break
-            if compiler is not None and not compiled and step < options.steps and compiler.ok:
-                t_switch = time.perf_counter()  # outside the timed windows
-                model.compile_mixers(compiler.backend)
-                if trainer.recapture():
-                    compiled = True
-                else:
-                    model.eager_mixers()
-                    compiler.reject("the compiled mixers cannot be captured in a CUDA graph")
-                pace = False
-                queued.clear()
-                setup_s += time.perf_counter() - t_switch
+            setup_s += switch.boundary(step < options.steps)  # outside the timed windows
             win_t, win_steps = time.perf_counter(), 0
     t_eval = time.perf_counter()
     acc, test_loss = evaluate(model, test, b, device, dtype)
@@ -405,7 +399,7 @@ def train_run(
     t1 = time.perf_counter()
     return RunResult(lr, acc if finite else math.nan, finite, step, t1 - t0, tuple(windows),
                      trainer.graphed, test_loss if finite else math.nan, setup_s, t1 - t_eval,
-                     eager_steps)
+                     switch.eager_steps, wait_s, capture_s)
 
 
 def generate_data(options: MQAROptions, setting: MQARSetting, seed: int) -> tuple[MQARData, MQARData]:
@@ -431,7 +425,7 @@ def build_data(
 
 def run_mqar(
     make_mixer: MixerFactory, options: MQAROptions, device: torch.device, dtype: torch.dtype,
-    seed: int,
+    seed: int, prewarm: Callable[[], object] | None = None,
 ) -> dict[str, float]:
     """Train on every setting with every learning rate (stopping a sweep early once one run
     reaches ``stop_sweep_at``) and report the best accuracy per setting and their mean.
@@ -441,20 +435,36 @@ def run_mqar(
     touches the device during a graph capture), and the mixers compile on another worker while
     the first run trains eagerly (``MixerCompiler``).
 
+    ``prewarm`` starts compiling the shapes of a later stage (``model.prewarm``; the task passes
+    one that compiles the LM stage's). It is called once, after the capture of the last
+    setting's first run, and only when this stage's own compile succeeded: the compile then
+    runs beside that setting's training, which the slow mixers spend at least 20 s in, and
+    the LM stage starts compiled instead of training eagerly. A run that starts while it is
+    still at work waits for it first (``mqar_compile_wait_s``).
+
     Raises ``StageFailure(NAN)`` when every learning rate of a setting went non-finite.
     """
     compiler = MixerCompiler() if options.compile and device.type == "cuda" else None
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="archdisco-mqar-data") as pool:
         try:
-            return _run_settings(make_mixer, options, device, dtype, seed, compiler, pool)
+            return _run_settings(make_mixer, options, device, dtype, seed, compiler, pool, prewarm)
         finally:
             if compiler is not None:
                 compiler.wait()
 
 
+def _if_compiled(compiler: MixerCompiler, then: Callable[[], object]) -> Callable[[], None]:
+    """``then()`` if ``compiler`` finished without error by the time the hook runs."""
+    def hook() -> None:
+        if compiler.ok:
+            then()
+    return hook
+
+
 def _run_settings(
     make_mixer: MixerFactory, options: MQAROptions, device: torch.device, dtype: torch.dtype,
     seed: int, compiler: MixerCompiler | None, pool: ThreadPoolExecutor,
+    prewarm: Callable[[], object] | None,
 ) -> dict[str, float]:
     t0 = time.perf_counter()
     metrics: dict[str, float] = {"mqar_reduced": float(options.reduced)}
@@ -462,7 +472,8 @@ def _run_settings(
     best_losses: list[float] = []
     windows: list[float] = []
     total_steps = nonfinite = graphed = runs = eager_steps = 0
-    data_s = setup_s = eval_s = 0.0
+    data_s = setup_s = eval_s = wait_s = capture_s = 0.0
+    prewarmed = False
     graphs_before = compiled_graphs()
     settings = list(options.settings)
     prefetch = device.type == "cuda"  # a CPU device needs its cores for the steps
@@ -476,13 +487,19 @@ def _run_settings(
             pending = pool.submit(generate_data, options, settings[i + 1], seed)
         best: RunResult | None = None
         for lr in options.lrs:
-            run = train_run(make_mixer, options, train, test, lr, device, dtype, seed, compiler)
+            hook = None
+            if prewarm is not None and compiler is not None and i == len(settings) - 1 and not prewarmed:
+                prewarmed, hook = True, _if_compiled(compiler, prewarm)
+            run = train_run(make_mixer, options, train, test, lr, device, dtype, seed, compiler,
+                            after_setup=hook)
             total_steps += run.steps
             eager_steps += run.eager_steps
             runs += 1
             graphed += run.graphed
             windows.extend(run.window_step_ms)
             setup_s += run.setup_s
+            wait_s += run.wait_s
+            capture_s += run.capture_s
             eval_s += run.eval_s
             if not run.finite:
                 nonfinite += 1
@@ -514,6 +531,8 @@ def _run_settings(
     metrics["mqar_data_s"] = data_s
     metrics["mqar_setup_s"] = setup_s
     metrics["mqar_eval_s"] = eval_s
+    metrics["mqar_capture_s"] = capture_s  # of setup: building trainers (warm-up and capture)
+    metrics["mqar_compile_wait_s"] = wait_s  # of setup: a later stage's compile still at work
     if compiler is not None:
         compiler.wait()
         metrics["mqar_eager_steps"] = float(eager_steps)  # trained before compiled mixers took over

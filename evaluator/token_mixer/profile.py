@@ -47,7 +47,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from evaluator.token_mixer.model import MixerFactory, autocast_context, seeded, synchronize
+from evaluator.token_mixer.model import (
+    MixerFactory, autocast_context, seeded, synchronize, wait_for_compilers,
+)
 
 
 class ProfileOptions(BaseModel):
@@ -308,6 +310,7 @@ def run_profile(
     seed: int, reference_make_mixer: MixerFactory | None = None,
 ) -> dict[str, float]:
     """Measure the mixer (and the reference mixer, when given, in the same run)."""
+    wait_for_compilers()  # a compile still at work on another thread would skew the timings
     t0 = time.perf_counter()
     mixer = _build(make_mixer, options.d_model, options.num_heads, device, seed)
     metrics: dict[str, float] = {

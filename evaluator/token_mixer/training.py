@@ -22,15 +22,20 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
+from evaluator.token_mixer.model import MixerCompiler, compiling
+
 log = logging.getLogger(__name__)
 
 LossFn = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+COMPILE_QUEUE = 2  # steps in flight on the device while a MixerCompiler works (CompileSwitch)
 
 
 @dataclass(frozen=True)
@@ -250,3 +255,51 @@ def _leave_rng_capture(device: torch.device) -> None:
     gen = torch.cuda.default_generators[device.index if device.index is not None
                                         else torch.cuda.current_device()]
     gen.graphsafe_set_state(gen.clone_state())
+
+
+class CompileSwitch:
+    """Moves a training loop from eager to compiled mixers once a ``MixerCompiler`` is done.
+
+    The loop calls ``after_step()`` after every step and ``boundary()`` at every window
+    boundary (after its host synchronisation). While any compiler of the process is at work
+    on a CUDA device, ``after_step`` keeps at most ``queue`` steps in flight, so the
+    synchronisations the compiler makes do not wait behind a deep queue of replays. At the
+    first boundary after ``compiler`` is done, ``boundary`` swaps in the compiled mixers and
+    records the step again (``Trainer.recapture``: parameters, AdamW state and accumulators
+    are kept); when the compiled step cannot be captured the mixers go back to eager and the
+    compiler is rejected. Without a compiler (or with one that failed) only the pacing applies.
+    """
+
+    def __init__(self, model: nn.Module, trainer: Trainer, compiler: MixerCompiler | None,
+                 device: torch.device, queue: int, compiled: bool = False):
+        self.model, self.trainer, self.compiler = model, trainer, compiler
+        self.cuda, self.queue = device.type == "cuda", queue
+        self.compiled = compiled  # the mixers train compiled (from the start, or since the switch)
+        self.eager_steps = 0  # steps trained eagerly while ``compiler`` existed
+        self._events: deque[torch.cuda.Event] = deque()
+        self.pace = self.cuda and compiling()
+
+    def after_step(self) -> None:
+        self.eager_steps += self.compiler is not None and not self.compiled
+        if self.pace:
+            self._events.append(torch.cuda.Event())
+            self._events[-1].record()
+            if len(self._events) > self.queue:
+                self._events.popleft().synchronize()
+
+    def boundary(self, more_steps: bool) -> float:
+        """Switch if the compiler is done and steps remain; the seconds the switch took."""
+        t0 = time.perf_counter()
+        compiler = self.compiler
+        if not self.compiled and compiler is not None and compiler.done():
+            if compiler.ok and more_steps:
+                self.model.compile_mixers(compiler.backend)  # type: ignore[operator]
+                if self.trainer.recapture():
+                    self.compiled = True
+                else:
+                    self.model.eager_mixers()  # type: ignore[operator]
+                    compiler.reject("the compiled mixers cannot be captured in a CUDA graph")
+        self.pace = self.cuda and compiling()
+        if not self.pace:
+            self._events.clear()
+        return time.perf_counter() - t0

@@ -12,7 +12,8 @@ import torch.nn.functional as F
 from pydantic import ValidationError
 from torch import nn
 
-from evaluator.token_mixer.lm import LMOptions, load_corpus, run_lm
+from evaluator.token_mixer.lm import LMOptions, load_corpus, prewarm_lm, run_lm
+from evaluator.token_mixer.model import MixerCompiler
 from evaluator.types import FailureKind, StageFailure
 
 CPU = torch.device("cpu")
@@ -98,3 +99,105 @@ def test_lm_on_cuda_uses_a_graph_and_learns() -> None:
     m = run_lm(CausalMean, LMOptions(**TINY, steps=150, lr=1e-2), torch.device("cuda"),
                torch.bfloat16, seed=0)
     assert m["lm_cuda_graph"] == 1.0 and m["lm_val_loss"] < math.log(256) - 1.0
+
+
+class EagerBackendCompiler(MixerCompiler):
+    """aot_eager (no C++ toolchain on the CPU machine), finished by the time ``start``
+    returns, so a switch lands at the first window boundary; ``started_ones`` records every
+    instance."""
+
+    started_ones: list[EagerBackendCompiler] = []
+
+    def __init__(self) -> None:
+        super().__init__(backend="aot_eager")
+        EagerBackendCompiler.started_ones.append(self)
+
+    def start(self, scratch, ids, dtype) -> None:  # type: ignore[no-untyped-def]
+        super().start(scratch, ids, dtype)
+        self.wait()
+
+
+@pytest.fixture
+def cpu_compiles(monkeypatch: pytest.MonkeyPatch) -> list[EagerBackendCompiler]:
+    """Let the LM stage compile on the CPU, through aot_eager."""
+    import evaluator.token_mixer.lm as lm
+
+    EagerBackendCompiler.started_ones = []
+    monkeypatch.setattr(lm, "_compiles", lambda options, device: options.compile)
+    monkeypatch.setattr(lm, "MixerCompiler", EagerBackendCompiler)
+    return EagerBackendCompiler.started_ones
+
+
+def test_lm_compiles_beside_training_and_switches(cpu_compiles: list[EagerBackendCompiler]) -> None:
+    options = LMOptions(**{**TINY, "check_every": 5}, steps=60, lr=1e-2)
+    m = run_lm(CausalMean, options, CPU, torch.float32, seed=0)
+    assert len(cpu_compiles) == 1 and cpu_compiles[0].error is None
+    assert m["lm_prewarmed"] == 0.0 and m["lm_compiled"] == 1.0
+    # trained eagerly until the first window boundary after the compile, then compiled
+    assert m["lm_eager_steps"] == 5.0
+    eager = run_lm(CausalMean, options.model_copy(update={"compile": False}), CPU, torch.float32, seed=0)
+    assert "lm_compiled" not in eager and len(cpu_compiles) == 1
+    # the compiled mixers compute what the eager ones do
+    assert m["lm_val_loss"] == pytest.approx(eager["lm_val_loss"], rel=1e-3)
+
+
+def test_lm_starts_compiled_after_a_prewarm(cpu_compiles: list[EagerBackendCompiler]) -> None:
+    options = LMOptions(**TINY, steps=20)
+    compiler = prewarm_lm(CausalMean, options, CPU, torch.float32, seed=0)
+    assert compiler is cpu_compiles[0]
+    # another shape, another mixer or another dtype does not collect it
+    other = run_lm(CausalMean, options.model_copy(update={"seq_len": 32}), CPU, torch.float32, seed=0)
+    assert other["lm_prewarmed"] == 0.0 and len(cpu_compiles) == 2
+    m = run_lm(CausalMean, options, CPU, torch.float32, seed=0)
+    assert m["lm_prewarmed"] == 1.0 and m["lm_compiled"] == 1.0 and m["lm_eager_steps"] == 0.0
+    assert len(cpu_compiles) == 2  # no compile of its own
+    # collected once: the next run compiles for itself
+    again = run_lm(CausalMean, options, CPU, torch.float32, seed=0)
+    assert again["lm_prewarmed"] == 0.0 and len(cpu_compiles) == 3
+
+
+def test_a_failed_prewarm_leaves_the_lm_eager(cpu_compiles: list[EagerBackendCompiler]) -> None:
+    options = LMOptions(**TINY, steps=20)
+    compiler = prewarm_lm(CausalMean, options, CPU, torch.float32, seed=0)
+    assert compiler is not None
+    compiler.wait()
+    compiler.reject("test: the compiled step cannot be captured")
+    m = run_lm(CausalMean, options, CPU, torch.float32, seed=0)
+    assert m["lm_prewarmed"] == 1.0 and m["lm_compiled"] == 0.0 and m["lm_eager_steps"] == 20.0
+    assert len(cpu_compiles) == 1 and math.isfinite(m["lm_val_loss"])
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_lm_on_cuda_starts_compiled_after_a_prewarm() -> None:
+    cuda = torch.device("cuda")
+    options = LMOptions(**TINY, steps=150, lr=1e-2)
+    compiler = prewarm_lm(CausalMean, options, cuda, torch.bfloat16, seed=0)
+    assert compiler is not None
+    m = run_lm(CausalMean, options, cuda, torch.bfloat16, seed=0)
+    assert compiler.ok, compiler.error
+    assert m["lm_prewarmed"] == 1.0 and m["lm_compiled"] == 1.0 and m["lm_eager_steps"] == 0.0
+    assert m["lm_cuda_graph"] == 1.0 and m["lm_val_loss"] < math.log(256) - 1.0
+
+
+def test_the_mqar_stage_is_handed_the_lm_stage_that_follows(cpu_compiles: list[EagerBackendCompiler]) -> None:
+    from evaluator.token_mixer import TokenMixerTask, _lm_prewarm
+    from evaluator.types import TargetSpec
+
+    mqar, lm, profile = TokenMixerTask().stages(1)
+    target = TargetSpec()
+    assert _lm_prewarm([profile], CausalMean, CPU, torch.float32, 0, target) is None
+    gpu = TargetSpec(name="gpu", device="cuda")  # the LM stage pinned to the CPU: nothing to share
+    assert _lm_prewarm([lm.model_copy(update={"device": "cpu"}), profile], CausalMean,
+                       torch.device("cuda"), torch.bfloat16, 0, gpu) is None
+    start = _lm_prewarm([lm, profile], CausalMean, CPU, torch.float32, 0, target)
+    assert start is not None and not cpu_compiles
+    compiler = start()  # the rung's LM options as the LM stage resolves them (CPU form here)
+    assert compiler is cpu_compiles[0]
+    import evaluator.token_mixer.model as model
+
+    compiler.wait()
+    options = LMOptions.cpu_fallback()
+    key = ("lm", CausalMean, options.batch_size, options.seq_len)
+    assert [k[:4] for k in model._PREWARMED] == [key]
+    model._PREWARMED.clear()

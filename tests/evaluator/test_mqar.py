@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from pydantic import ValidationError
 from torch import nn
 
-from evaluator.token_mixer.model import MixerCompiler
+from evaluator.token_mixer.model import MixerCompiler, MixerLM
 from evaluator.token_mixer.mqar import (
     IGNORE_INDEX, MQAROptions, _distinct_ints, build_data, generate_mqar, run_mqar, train_run,
 )
@@ -310,6 +310,41 @@ def test_a_compiler_error_keeps_the_runs_eager() -> None:
     assert isinstance(compiler.error, RuntimeError) and not compiler.ok
     run = train_run(SoftmaxAttention, options, train, test, 3e-3, CPU, torch.float32, 0, compiler)
     assert run.finite and run.eager_steps == 30
+
+
+def test_a_later_stage_compile_starts_once_in_the_last_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    import evaluator.token_mixer.mqar as mqar
+
+    options = MQAROptions(settings=((64, 16), (64, 8)), steps=20, check_every=10,
+                          lrs=(3e-3, 1e-2), early_stop_acc=None, stop_sweep_at=None)
+    log: list[str] = []
+    real = mqar.train_run
+
+    def logged(make_mixer, options, train, test, lr, *args, **kwargs):  # type: ignore[no-untyped-def]
+        log.append(f"run {train.query_pos.shape[1]} pairs lr {lr:g}")
+        return real(make_mixer, options, train, test, lr, *args, **kwargs)
+
+    monkeypatch.setattr(mqar, "train_run", logged)
+
+    def run(compiler: MixerCompiler | None) -> None:
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            mqar._run_settings(SoftmaxAttention, options, CPU, torch.float32, 0, compiler, pool,
+                               lambda: log.append("prewarm"))
+
+    run(LateCompiler(after=1))
+    # after the capture of the last setting's first run (this stage's compile is done by then)
+    assert log == ["run 16 pairs lr 0.003", "run 16 pairs lr 0.01", "run 8 pairs lr 0.003",
+                   "prewarm", "run 8 pairs lr 0.01"]
+    failed = LateCompiler(after=1)
+    failed.start(MixerLM(options.model_config_for(), SoftmaxAttention), torch.zeros(2, 64), torch.float32)
+    log.clear()
+    run(failed)  # this stage's compile failed: the later one would too, so it never starts
+    assert "prewarm" not in log and len(log) == 4
+    log.clear()
+    run(None)  # nothing compiles (a CPU stage)
+    assert "prewarm" not in log
 
 
 def test_generated_data_are_pinned_per_seed() -> None:

@@ -10,6 +10,8 @@ Stages (options in ``StageSpec.options``):
 - ``mixer``: builds ``Mixer(hidden_size=32, num_heads=4)`` (a token-mixer seed) and runs
   forward and backward once;
 - ``threads``: reports torch's intra-op thread count;
+- ``planned``: reports how many stages the harness announced through ``plan`` and where this
+  one stands among them;
 - ``constraint``: fails with kind ``complexity`` when ``options["fail"]`` is true;
 - ``boom``: raises ``StageFailure(options["kind"])`` so tests can check kinds pass through.
 """
@@ -40,6 +42,10 @@ class FakeTask:
     def __init__(self, **options: Any):
         self.options = options
         self._model: Any = None
+        self._planned: list[StageSpec] = []
+
+    def plan(self, stages: list[StageSpec], target: TargetSpec) -> None:
+        self._planned = list(stages)
 
     def interface(self) -> str:
         return "class Model: __init__(self); forward(self, x) -> number"
@@ -93,6 +99,9 @@ class FakeTask:
             import torch
 
             metrics["torch_threads"] = float(torch.get_num_threads())
+        elif kind == "planned":
+            metrics["planned"] = float(len(self._planned))
+            metrics["position"] = float(self._planned.index(stage))
         elif kind == "constraint":
             if stage.options.get("fail"):
                 raise StageFailure(FailureKind.COMPLEXITY, "constraint violated", {"exponent": 2.0})

@@ -34,6 +34,12 @@ def test_trivial_candidate_passes_every_stage_with_metrics() -> None:
     assert all(r.wall_s >= 0 for r in outcome.results) and outcome.exit_code == 0
 
 
+def test_the_task_hears_the_plan_before_the_first_stage() -> None:
+    outcome = run(TRIVIAL, names=("build", "planned", "forward"))
+    assert outcome.ok, outcome.first_failure
+    assert outcome.results[2].metrics == {"planned": 3.0, "position": 1.0}
+
+
 def test_isolation_report_names_the_mechanisms() -> None:
     outcome = run(TRIVIAL)
     report = outcome.results[0].artifacts["isolation"]
