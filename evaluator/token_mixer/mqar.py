@@ -58,8 +58,8 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch.nn import functional as F
 
 from evaluator.token_mixer.model import (
-    MixerCompiler, MixerFactory, MixerLM, ModelConfig, autocast_context, compiled_graphs, seeded,
-    synchronize, wait_for_compilers,
+    MixerCompiler, MixerFactory, MixerLM, ModelConfig, autocast_context, compiled_graphs,
+    compiling, seeded, synchronize, wait_for_compilers,
 )
 from evaluator.token_mixer.training import COMPILE_QUEUE, CompileSwitch, OptimConfig, Trainer
 from evaluator.types import FailureKind, StageFailure
@@ -123,6 +123,9 @@ class MQAROptions(BaseModel):
     check_every: int = Field(default=25, gt=0)  # host sync / NaN check / timing window
     early_stop_acc: float | None = 0.995  # stop a run once a window's train accuracy reaches it
     stop_sweep_at: float | None = 0.99  # skip the remaining LRs once a run's eval accuracy does
+    # fraction of the budget after which only the sweep's best run (held-out score) trains on
+    # to the end; None = every learning rate trains its whole budget (see _sweep)
+    sweep_cut: float | None = Field(default=None, gt=0.0, lt=1.0)
     cuda_graph: bool = True  # on CUDA, replay a captured graph of the step (training.py)
     compile: bool = True  # on CUDA, train through torch.compile'd mixers (MixerLM.compile_mixers)
     reduced: bool = False  # set by cpu_fallback(): reported as mqar_reduced=1
@@ -319,87 +322,141 @@ def train_run(
     device: torch.device, dtype: torch.dtype, seed: int, compiler: MixerCompiler | None = None,
     after_setup: Callable[[], None] | None = None,
 ) -> RunResult:
-    """Train one model at one learning rate on ``train`` (on device), score it on ``test``.
+    """Train one model at one learning rate on ``train`` (on device) for the whole budget (or
+    until it stops early), score it on ``test``. See ``Run`` for ``compiler`` and
+    ``after_setup``."""
+    run = Run(make_mixer, options, train, test, lr, device, dtype, seed, compiler, after_setup)
+    run.advance(options.steps)
+    return run.result()
+
+
+class Run:
+    """One learning rate's training run, trained in pieces (``advance``) so that a sweep can
+    pause it, compare it with the others and continue only the best (``sweep_cut``).
 
     With a ``compiler``, the mixers train compiled: from the first step when it has already
     compiled them; otherwise this run starts it (on a copy of the model, after the step is
     captured) and trains eagerly until it is done, then switches at a window boundary. While
-    it compiles, the loop keeps at most ``COMPILE_QUEUE`` steps queued on the device, so the
-    device synchronisations the compiler makes do not wait behind a deep queue of replays.
-    Sandboxed rung-1 runs of Gated DeltaNet on the H100, pointwise autotuning still on:
-    compile 63.1 s beside training without the cap, 57.5 s in the next run with it (single
-    runs, with other changes in between); most of the slow-down went only when autotuning
-    went (``model.COMPILE_OPTIONS``: 30.9 s). The cap applies while any compiler of the
-    process works (``CompileSwitch``), also one started for a later stage.
+    any compiler of the process works, the loop keeps at most ``COMPILE_QUEUE`` steps queued
+    on the device (``CompileSwitch``), so the device synchronisations the compiler makes do
+    not wait behind a deep queue of replays. Sandboxed rung-1 runs of Gated DeltaNet on the
+    H100, pointwise autotuning still on: compile 63.1 s beside training without the cap,
+    57.5 s in the next run with it (single runs, with other changes in between); most of the
+    slow-down went only when autotuning went (``model.COMPILE_OPTIONS``: 30.9 s).
 
     ``after_setup`` is called once the step is captured and before training starts (the MQAR
     stage starts compiling the LM stage's shapes there, ``run_mqar``).
     """
-    t0 = time.perf_counter()
-    wait_s = wait_for_compilers()  # no capture while a compiler launches kernels
-    with seeded(seed, device):
-        model = MixerLM(options.model_config_for(), make_mixer).to(device)
-    compiled = compiler is not None and compiler.ok
-    if compiled:
-        model.compile_mixers(compiler.backend)
-    b, k = options.batch_size, train.query_pos.shape[1]
-    n = train.inputs.shape[0]
-    gen = torch.Generator(device="cpu").manual_seed(seed)
-    order = torch.cat([torch.randperm(n, generator=gen) for _ in range(math.ceil(options.steps * b / n))])
-    order = order[: options.steps * b].view(options.steps, b).to(device)
 
-    def loss_fn(idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        qv = train.query_val[idx]
-        logits = _query_logits(model, train.inputs[idx], train.query_pos[idx])
-        loss = F.cross_entropy(logits.flatten(0, 1), qv.flatten())
-        return loss, (logits.detach().argmax(-1) == qv).sum()
-
-    config = OptimConfig(
-        lr=lr, steps=options.steps, weight_decay=options.weight_decay, betas=options.betas,
-        warmup_frac=options.warmup_frac, min_lr_ratio=options.min_lr_ratio,
-        grad_clip=options.grad_clip,
-    )
-    t_capture = time.perf_counter()
-    trainer = Trainer(model, loss_fn, config, device, dtype, order, options.cuda_graph)
-    capture_s = time.perf_counter() - t_capture
-    if compiler is not None and not compiler.started:
+    def __init__(
+        self, make_mixer: MixerFactory, options: MQAROptions, train: MQARData, test: MQARData,
+        lr: float, device: torch.device, dtype: torch.dtype, seed: int,
+        compiler: MixerCompiler | None = None, after_setup: Callable[[], None] | None = None,
+    ):
+        t0 = time.perf_counter()
+        self.options, self.test, self.lr, self.device, self.dtype = options, test, lr, device, dtype
+        self.wait_s = wait_for_compilers()  # no capture while a compiler launches kernels
         with seeded(seed, device):
-            scratch = MixerLM(options.model_config_for(), make_mixer).to(device)
-        compiler.start(scratch, train.inputs[order[0]], dtype)
-    if after_setup is not None:
-        after_setup()
-    switch = CompileSwitch(model, trainer, compiler, device, COMPILE_QUEUE, compiled)
-    windows: list[float] = []
-    synchronize(device)
-    setup_s = time.perf_counter() - t0
-    win_t, win_steps, step = time.perf_counter(), 0, 0
-    while step < options.steps:
-        trainer.step(step)
-        step += 1
-        win_steps += 1
-        switch.after_step()
-        if win_steps == options.check_every or step == options.steps:
-            loss_sum, correct = trainer.take_sums()  # the one host sync of the window
-            windows.append(1000.0 * (time.perf_counter() - win_t) / win_steps)
-            if not math.isfinite(loss_sum):
-                return RunResult(lr, math.nan, False, step, time.perf_counter() - t0,
-                                 tuple(windows), trainer.graphed, setup_s=setup_s,
-                                 eager_steps=switch.eager_steps, wait_s=wait_s,
-                                 capture_s=capture_s)
-            train_acc = correct / (win_steps * b * k)
-            log.debug("mqar lr=%g step=%d loss=%.4f train_acc=%.4f step_ms=%.2f",
-                      lr, step, loss_sum / win_steps, train_acc, windows[-1])
-            if options.early_stop_acc is not None and train_acc >= options.early_stop_acc:
-                break
-            setup_s += switch.boundary(step < options.steps)  # outside the timed windows
-            win_t, win_steps = time.perf_counter(), 0
-    t_eval = time.perf_counter()
-    acc, test_loss = evaluate(model, test, b, device, dtype)
-    finite = math.isfinite(test_loss)
-    t1 = time.perf_counter()
-    return RunResult(lr, acc if finite else math.nan, finite, step, t1 - t0, tuple(windows),
-                     trainer.graphed, test_loss if finite else math.nan, setup_s, t1 - t_eval,
-                     switch.eager_steps, wait_s, capture_s)
+            model = MixerLM(options.model_config_for(), make_mixer).to(device)
+        compiled = compiler is not None and compiler.ok
+        if compiled:
+            assert compiler is not None
+            model.compile_mixers(compiler.backend)
+        b = options.batch_size
+        self.queries = b * train.query_pos.shape[1]  # scored positions per step
+        n = train.inputs.shape[0]
+        gen = torch.Generator(device="cpu").manual_seed(seed)
+        order = torch.cat([torch.randperm(n, generator=gen)
+                           for _ in range(math.ceil(options.steps * b / n))])
+        order = order[: options.steps * b].view(options.steps, b).to(device)
+
+        def loss_fn(idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            qv = train.query_val[idx]
+            logits = _query_logits(model, train.inputs[idx], train.query_pos[idx])
+            loss = F.cross_entropy(logits.flatten(0, 1), qv.flatten())
+            return loss, (logits.detach().argmax(-1) == qv).sum()
+
+        config = OptimConfig(
+            lr=lr, steps=options.steps, weight_decay=options.weight_decay, betas=options.betas,
+            warmup_frac=options.warmup_frac, min_lr_ratio=options.min_lr_ratio,
+            grad_clip=options.grad_clip,
+        )
+        t_capture = time.perf_counter()
+        self.trainer = Trainer(model, loss_fn, config, device, dtype, order, options.cuda_graph)
+        self.capture_s = time.perf_counter() - t_capture
+        if compiler is not None and not compiler.started:
+            with seeded(seed, device):
+                scratch = MixerLM(options.model_config_for(), make_mixer).to(device)
+            compiler.start(scratch, train.inputs[order[0]], dtype)
+        if after_setup is not None:
+            after_setup()
+        self.model = model
+        self.switch = CompileSwitch(model, self.trainer, compiler, device, COMPILE_QUEUE, compiled)
+        self.windows: list[float] = []
+        self.step = 0
+        self.finite = True
+        self.stopped = False  # stopped early (accuracy reached early_stop_acc, or non-finite)
+        self.eval_s = 0.0
+        self._scored: tuple[int, float, float] | None = None  # (step, accuracy, loss)
+        synchronize(device)
+        self.setup_s = time.perf_counter() - t0
+        self.wall_s = self.setup_s
+
+    @property
+    def over(self) -> bool:
+        """Nothing left to train: the budget is spent or the run stopped."""
+        return self.stopped or self.step >= self.options.steps
+
+    def advance(self, until: int) -> None:
+        """Train up to step ``until`` (at most the budget), with a window boundary there."""
+        t0 = time.perf_counter()
+        options, trainer = self.options, self.trainer
+        until = min(until, options.steps)
+        win_t, win_steps = time.perf_counter(), 0
+        while not self.over and self.step < until:
+            trainer.step(self.step)
+            self.step += 1
+            win_steps += 1
+            self.switch.after_step()
+            if win_steps == options.check_every or self.step == until:
+                loss_sum, correct = trainer.take_sums()  # the one host sync of the window
+                self.windows.append(1000.0 * (time.perf_counter() - win_t) / win_steps)
+                if not math.isfinite(loss_sum):
+                    self.finite, self.stopped = False, True
+                    break
+                train_acc = correct / (win_steps * self.queries)
+                log.debug("mqar lr=%g step=%d loss=%.4f train_acc=%.4f step_ms=%.2f",
+                          self.lr, self.step, loss_sum / win_steps, train_acc, self.windows[-1])
+                if options.early_stop_acc is not None and train_acc >= options.early_stop_acc:
+                    self.stopped = True
+                    break
+                # outside the timed windows
+                self.setup_s += self.switch.boundary(self.step < options.steps)
+                win_t, win_steps = time.perf_counter(), 0
+        self.wall_s += time.perf_counter() - t0
+
+    def score(self) -> tuple[float, float]:
+        """(accuracy, loss) on the held-out set at the current step (nan when non-finite)."""
+        if not self.finite:
+            return math.nan, math.nan
+        if self._scored is None or self._scored[0] != self.step:
+            t0 = time.perf_counter()
+            acc, loss = evaluate(self.model, self.test, self.options.batch_size, self.device, self.dtype)
+            if not math.isfinite(loss):
+                acc, loss = math.nan, math.nan
+            self._scored = (self.step, acc, loss)
+            spent = time.perf_counter() - t0
+            self.eval_s += spent
+            self.wall_s += spent
+        return self._scored[1], self._scored[2]
+
+    def result(self) -> RunResult:
+        """The run as it stands: its held-out score at the current step."""
+        acc, loss = self.score()
+        finite = self.finite and math.isfinite(loss)
+        return RunResult(self.lr, acc, finite, self.step, self.wall_s, tuple(self.windows),
+                         self.trainer.graphed, loss, self.setup_s, self.eval_s,
+                         self.switch.eager_steps, self.wait_s, self.capture_s)
 
 
 def generate_data(options: MQAROptions, setting: MQARSetting, seed: int) -> tuple[MQARData, MQARData]:
@@ -437,10 +494,11 @@ def run_mqar(
 
     ``prewarm`` starts compiling the shapes of a later stage (``model.prewarm``; the task passes
     one that compiles the LM stage's). It is called once, after the capture of the last
-    setting's first run, and only when this stage's own compile succeeded: the compile then
-    runs beside that setting's training, which the slow mixers spend at least 20 s in, and
-    the LM stage starts compiled instead of training eagerly. A run that starts while it is
-    still at work waits for it first (``mqar_compile_wait_s``).
+    setting's last run, and only when this stage's own compile succeeded: no capture follows
+    in this stage, so the compile runs beside the rest of its training, and the LM stage
+    starts compiled instead of training eagerly (on the H100, Gated DeltaNet's LM stage took
+    14.7 s instead of 31.7 s). A sweep that ends early (``stop_sweep_at``) never calls it,
+    and the LM stage compiles for itself.
 
     Raises ``StageFailure(NAN)`` when every learning rate of a setting went non-finite.
     """
@@ -461,6 +519,60 @@ def _if_compiled(compiler: MixerCompiler, then: Callable[[], object]) -> Callabl
     return hook
 
 
+def _sweep(
+    make_mixer: MixerFactory, options: MQAROptions, train: MQARData, test: MQARData,
+    device: torch.device, dtype: torch.dtype, seed: int, compiler: MixerCompiler | None,
+    last_hook: Callable[[], None] | None,
+) -> list[RunResult]:
+    """The learning-rate sweep of one setting: its runs, in the order of ``options.lrs``.
+
+    The sweep stops once a run scores ``stop_sweep_at`` on held-out data. With ``sweep_cut``,
+    every run trains only to that fraction of the budget; the runs are scored there, and
+    only the best (held-out accuracy, then loss) trains on to the end; the others are
+    reported as they stood at the cut. A run that started a compile trains past the cut
+    until the compile is done, since the next run could not be captured before (the others
+    are then cut at the same step). ``last_hook`` is the ``after_setup`` of the last run of
+    the sweep: no capture follows it in this sweep.
+    """
+    lrs = list(options.lrs)
+    if options.sweep_cut is None or len(lrs) == 1:
+        results = []
+        for j, lr in enumerate(lrs):
+            hook = last_hook if j == len(lrs) - 1 else None
+            run = train_run(make_mixer, options, train, test, lr, device, dtype, seed, compiler,
+                            after_setup=hook)
+            results.append(run)
+            if options.stop_sweep_at is not None and run.finite and run.accuracy >= options.stop_sweep_at:
+                break
+        return results
+    cut = max(1, round(options.sweep_cut * options.steps))
+    started: list[Run] = []
+    for j, lr in enumerate(lrs):
+        more = j < len(lrs) - 1
+        run = Run(make_mixer, options, train, test, lr, device, dtype, seed, compiler,
+                  None if more else last_hook)
+        started.append(run)
+        run.advance(cut)
+        while more and not run.over and compiling():
+            run.advance(run.step + options.check_every)
+        if not run.over:
+            cut = max(cut, run.step)
+        acc, _ = run.score()
+        if options.stop_sweep_at is not None and acc >= options.stop_sweep_at:  # (nan: False)
+            break
+    paused = [r for r in started if not r.over]
+    if paused:
+        max(paused, key=lambda r: _score_key(r.score())).advance(options.steps)
+    return [r.result() for r in started]
+
+
+def _score_key(score: tuple[float, float]) -> tuple[float, float]:
+    acc, loss = score
+    if not (math.isfinite(acc) and math.isfinite(loss)):
+        return (-math.inf, -math.inf)
+    return (acc, -loss)
+
+
 def _run_settings(
     make_mixer: MixerFactory, options: MQAROptions, device: torch.device, dtype: torch.dtype,
     seed: int, compiler: MixerCompiler | None, pool: ThreadPoolExecutor,
@@ -473,7 +585,6 @@ def _run_settings(
     windows: list[float] = []
     total_steps = nonfinite = graphed = runs = eager_steps = 0
     data_s = setup_s = eval_s = wait_s = capture_s = 0.0
-    prewarmed = False
     graphs_before = compiled_graphs()
     settings = list(options.settings)
     prefetch = device.type == "cuda"  # a CPU device needs its cores for the steps
@@ -485,13 +596,11 @@ def _run_settings(
         data_s += time.perf_counter() - t_data
         if prefetch and i + 1 < len(settings):
             pending = pool.submit(generate_data, options, settings[i + 1], seed)
+        hook = None
+        if prewarm is not None and compiler is not None and i == len(settings) - 1:
+            hook = _if_compiled(compiler, prewarm)
         best: RunResult | None = None
-        for lr in options.lrs:
-            hook = None
-            if prewarm is not None and compiler is not None and i == len(settings) - 1 and not prewarmed:
-                prewarmed, hook = True, _if_compiled(compiler, prewarm)
-            run = train_run(make_mixer, options, train, test, lr, device, dtype, seed, compiler,
-                            after_setup=hook)
+        for run in _sweep(make_mixer, options, train, test, device, dtype, seed, compiler, hook):
             total_steps += run.steps
             eager_steps += run.eager_steps
             runs += 1
@@ -506,8 +615,6 @@ def _run_settings(
                 continue
             if best is None or run.rank_key() > best.rank_key():
                 best = run
-            if options.stop_sweep_at is not None and run.accuracy >= options.stop_sweep_at:
-                break
         if best is None:
             raise StageFailure(
                 FailureKind.NAN,

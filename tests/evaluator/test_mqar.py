@@ -312,7 +312,7 @@ def test_a_compiler_error_keeps_the_runs_eager() -> None:
     assert run.finite and run.eager_steps == 30
 
 
-def test_a_later_stage_compile_starts_once_in_the_last_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_later_stage_compile_starts_after_the_last_capture(monkeypatch: pytest.MonkeyPatch) -> None:
     from concurrent.futures import ThreadPoolExecutor
 
     import evaluator.token_mixer.mqar as mqar
@@ -334,9 +334,9 @@ def test_a_later_stage_compile_starts_once_in_the_last_setting(monkeypatch: pyte
                                lambda: log.append("prewarm"))
 
     run(LateCompiler(after=1))
-    # after the capture of the last setting's first run (this stage's compile is done by then)
+    # after the capture of the last setting's last run: no capture follows
     assert log == ["run 16 pairs lr 0.003", "run 16 pairs lr 0.01", "run 8 pairs lr 0.003",
-                   "prewarm", "run 8 pairs lr 0.01"]
+                   "run 8 pairs lr 0.01", "prewarm"]
     failed = LateCompiler(after=1)
     failed.start(MixerLM(options.model_config_for(), SoftmaxAttention), torch.zeros(2, 64), torch.float32)
     log.clear()
@@ -345,6 +345,41 @@ def test_a_later_stage_compile_starts_once_in_the_last_setting(monkeypatch: pyte
     log.clear()
     run(None)  # nothing compiles (a CPU stage)
     assert "prewarm" not in log
+
+
+def test_a_cut_sweep_trains_only_its_best_run_to_the_end() -> None:
+    from evaluator.token_mixer.mqar import _sweep
+
+    options = MQAROptions(steps=40, check_every=10, lrs=(1e-3, 1e-2), early_stop_acc=None,
+                          stop_sweep_at=None, sweep_cut=0.5)
+    train, test = build_data(options, options.settings[0], seed=0, device=CPU)
+    runs = _sweep(SoftmaxAttention, options, train, test, CPU, torch.float32, 0, None, None)
+    assert [r.lr for r in runs] == [1e-3, 1e-2]
+    assert sorted(r.steps for r in runs) == [20, 40]
+    # the full sweep's runs at step 20 are the cut sweep's scores there
+    at_cut = [train_run(SoftmaxAttention, options.model_copy(update={"steps": 40}), train, test, lr,
+                        CPU, torch.float32, 0) for lr in options.lrs]
+    leader = max(runs, key=lambda r: r.steps)
+    loser = min(runs, key=lambda r: r.steps)
+    full_leader = next(r for r in at_cut if r.lr == leader.lr)
+    assert leader.loss == pytest.approx(full_leader.loss, rel=1e-4)  # same training path
+    # the loser is reported as it stood at the cut, where it scored no better than the leader
+    assert loser.window_step_ms and len(loser.window_step_ms) == 2
+    assert leader.rank_key() >= loser.rank_key()
+
+
+def test_a_cut_waits_for_a_compile_by_training_on(monkeypatch: pytest.MonkeyPatch) -> None:
+    import evaluator.token_mixer.mqar as mqar
+
+    options = MQAROptions(steps=60, check_every=10, lrs=(1e-3, 1e-2, 3e-3), early_stop_acc=None,
+                          stop_sweep_at=None, sweep_cut=0.25)
+    train, test = build_data(options, options.settings[0], seed=0, device=CPU)
+    polls = []
+    monkeypatch.setattr(mqar, "compiling", lambda: polls.append(1) or len(polls) <= 2)
+    runs = mqar._sweep(SoftmaxAttention, options, train, test, CPU, torch.float32, 0, None, None)
+    # the first run trained on while "compiling" (two more windows: the cut moved from step 15
+    # to 35), and the runs after it were cut at the same step
+    assert sorted(r.steps for r in runs) == [35, 35, 60]
 
 
 def test_generated_data_are_pinned_per_seed() -> None:
