@@ -59,7 +59,7 @@ from torch.nn import functional as F
 
 from evaluator.token_mixer.model import (
     MixerCompiler, MixerFactory, MixerLM, ModelConfig, autocast_context, compiled_graphs,
-    compiling, seeded, synchronize, wait_for_compilers,
+    compiling, launch_priority, seeded, synchronize, wait_for_compilers,
 )
 from evaluator.token_mixer.training import COMPILE_QUEUE, CompileSwitch, OptimConfig, Trainer
 from evaluator.types import FailureKind, StageFailure
@@ -124,8 +124,8 @@ class MQAROptions(BaseModel):
     early_stop_acc: float | None = 0.995  # stop a run once a window's train accuracy reaches it
     stop_sweep_at: float | None = 0.99  # skip the remaining LRs once a run's eval accuracy does
     # fraction of the budget after which only the sweep's best run (held-out score) trains on
-    # to the end; None = every learning rate trains its whole budget (see _sweep)
-    sweep_cut: float | None = Field(default=None, gt=0.0, lt=1.0)
+    # to the end; None or 1 = every learning rate trains its whole budget (see _sweep)
+    sweep_cut: float | None = Field(default=None, gt=0.0, le=1.0)
     cuda_graph: bool = True  # on CUDA, replay a captured graph of the step (training.py)
     compile: bool = True  # on CUDA, train through torch.compile'd mixers (MixerLM.compile_mixers)
     reduced: bool = False  # set by cpu_fallback(): reported as mqar_reduced=1
@@ -167,7 +167,7 @@ class MQAROptions(BaseModel):
         base: dict[str, Any] = dict(
             settings=((256, 16), (256, 64)), vocab_size=8192, d_model=128,
             n_layers=2, num_heads=2, batch_size=256, steps=2000, lrs=(1e-3, 3e-3),
-            train_examples=100_000, eval_batches=12, check_every=100,
+            train_examples=100_000, eval_batches=12, check_every=100, sweep_cut=0.5,
         )
         return cls(**{**base, **overrides})
 
@@ -306,7 +306,7 @@ def evaluate(
     model.eval()
     correct = torch.zeros((), device=device, dtype=torch.long)
     loss_sum = torch.zeros((), device=device)
-    with torch.no_grad(), autocast_context(device, dtype):
+    with torch.no_grad(), autocast_context(device, dtype), launch_priority():
         for i in range(0, data.inputs.shape[0], batch_size):
             qv = data.query_val[i:i + batch_size]
             logits = _query_logits(model, data.inputs[i:i + batch_size], data.query_pos[i:i + batch_size])
@@ -528,14 +528,15 @@ def _sweep(
 
     The sweep stops once a run scores ``stop_sweep_at`` on held-out data. With ``sweep_cut``,
     every run trains only to that fraction of the budget; the runs are scored there, and
-    only the best (held-out accuracy, then loss) trains on to the end; the others are
-    reported as they stood at the cut. A run that started a compile trains past the cut
+    only the best (held-out accuracy, then loss) trains on to the end; once a run scores
+    ``stop_sweep_at`` only that run trains on (if it was cut). The others are reported as
+    they stood at the cut. A run that started a compile trains past the cut
     until the compile is done, since the next run could not be captured before (the others
     are then cut at the same step). ``last_hook`` is the ``after_setup`` of the last run of
     the sweep: no capture follows it in this sweep.
     """
     lrs = list(options.lrs)
-    if options.sweep_cut is None or len(lrs) == 1:
+    if options.sweep_cut is None or options.sweep_cut >= 1.0 or len(lrs) == 1:
         results = []
         for j, lr in enumerate(lrs):
             hook = last_hook if j == len(lrs) - 1 else None
@@ -547,6 +548,7 @@ def _sweep(
         return results
     cut = max(1, round(options.sweep_cut * options.steps))
     started: list[Run] = []
+    reached = False  # a run scored stop_sweep_at: the sweep ends, only that run trains on
     for j, lr in enumerate(lrs):
         more = j < len(lrs) - 1
         run = Run(make_mixer, options, train, test, lr, device, dtype, seed, compiler,
@@ -559,8 +561,11 @@ def _sweep(
             cut = max(cut, run.step)
         acc, _ = run.score()
         if options.stop_sweep_at is not None and acc >= options.stop_sweep_at:  # (nan: False)
+            reached = True
             break
     paused = [r for r in started if not r.over]
+    if reached:
+        paused = paused[-1:] if started[-1] in paused else []  # the run that scored it
     if paused:
         max(paused, key=lambda r: _score_key(r.score())).advance(options.steps)
     return [r.result() for r in started]

@@ -366,6 +366,20 @@ def test_a_cut_sweep_trains_only_its_best_run_to_the_end() -> None:
     # the loser is reported as it stood at the cut, where it scored no better than the leader
     assert loser.window_step_ms and len(loser.window_step_ms) == 2
     assert leader.rank_key() >= loser.rank_key()
+    uncut = _sweep(SoftmaxAttention, options.model_copy(update={"sweep_cut": 1.0}), train, test,
+                   CPU, torch.float32, 0, None, None)
+    assert [r.steps for r in uncut] == [40, 40]  # 1 (as None) trains every run to the end
+    assert MQAROptions.rung1().sweep_cut == 0.5 and MQAROptions.cpu_fallback().sweep_cut is None
+
+
+def test_a_cut_sweep_that_scores_the_stop_line_trains_only_that_run_on() -> None:
+    from evaluator.token_mixer.mqar import _sweep
+
+    options = MQAROptions(steps=40, check_every=10, lrs=(1e-3, 1e-2), early_stop_acc=None,
+                          stop_sweep_at=0.0, sweep_cut=0.5)  # every score reaches the line
+    train, test = build_data(options, options.settings[0], seed=0, device=CPU)
+    runs = _sweep(SoftmaxAttention, options, train, test, CPU, torch.float32, 0, None, None)
+    assert [(r.lr, r.steps) for r in runs] == [(1e-3, 40)]
 
 
 def test_a_cut_waits_for_a_compile_by_training_on(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -393,3 +407,28 @@ def test_generated_data_are_pinned_per_seed() -> None:
     for t in (d.inputs, d.labels, d.query_pos, d.query_val):
         crc = zlib.crc32(t.numpy().tobytes(), crc)
     assert crc == 3052920712
+
+
+def test_eager_loops_get_the_gil_more_often_while_a_compile_runs() -> None:
+    import sys
+    import threading
+
+    from evaluator.token_mixer import model
+
+    before = sys.getswitchinterval()
+    with model.launch_priority():
+        assert sys.getswitchinterval() == before  # nothing compiles
+    release = threading.Event()
+    busy = MixerCompiler()
+    busy._thread = threading.Thread(target=release.wait, daemon=True)
+    busy._thread.start()
+    model._STARTED.add(busy)
+    try:
+        assert model.compiling()
+        with model.launch_priority():
+            assert sys.getswitchinterval() < before
+        assert sys.getswitchinterval() == before
+    finally:
+        release.set()
+        busy.wait()
+    assert not model.compiling() and model.wait_for_compilers() < 1.0
