@@ -24,6 +24,7 @@ import logging
 import math
 import os
 import sysconfig
+import threading
 import time
 import zlib
 from dataclasses import dataclass
@@ -250,9 +251,14 @@ def prewarm_lm(make_mixer: MixerFactory, options: LMOptions, device: torch.devic
                dtype: torch.dtype, seed: int) -> MixerCompiler | None:
     """Start compiling the mixers for a later ``run_lm`` with the same arguments (on CUDA with
     ``compile`` on; else None). An earlier stage calls this while it trains (``run_mqar``'s
-    ``prewarm``), so the LM stage can start compiled."""
+    ``prewarm``), so the LM stage can start compiled. The corpus is loaded on another worker
+    thread meanwhile (``load_corpus`` caches it in-process)."""
     if not _compiles(options, device):
         return None
+    # the corpus too: reading it is seconds of host work, slower still beside a compile
+    threading.Thread(target=load_corpus, name="archdisco-corpus", daemon=True, args=(
+        options.corpus_dir, options.corpus_glob, options.max_corpus_bytes, options.val_fraction,
+        options.max_file_bytes)).start()
     return _start_compile(make_mixer, options, device, dtype, seed, register=True)
 
 

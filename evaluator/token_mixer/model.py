@@ -328,24 +328,6 @@ def compiling() -> bool:
     return any(c.running for c in list(_STARTED))
 
 
-@contextlib.contextmanager
-def launch_priority(interval_s: float = 0.0005) -> Iterator[None]:
-    """While a ``MixerCompiler`` works, hand the GIL over more often (``sys.setswitchinterval``,
-    5 ms by default) for the block: an eager loop that launches hundreds of kernels needs the
-    GIL for each, and waits up to the interval each time while the compiling thread holds it
-    (held-out evaluation of an eager mixer beside a compile took seconds instead of a tenth
-    of one, docs/PERFORMANCE.md). No-op when nothing compiles."""
-    if not compiling():
-        yield
-        return
-    before = sys.getswitchinterval()
-    sys.setswitchinterval(min(before, interval_s))
-    try:
-        yield
-    finally:
-        sys.setswitchinterval(before)
-
-
 def wait_for_compilers() -> float:
     """Block until no ``MixerCompiler`` of this process is at work (a CUDA graph may be
     captured, or kernels timed, only then); the seconds waited."""

@@ -59,7 +59,7 @@ from torch.nn import functional as F
 
 from evaluator.token_mixer.model import (
     MixerCompiler, MixerFactory, MixerLM, ModelConfig, autocast_context, compiled_graphs,
-    compiling, launch_priority, seeded, synchronize, wait_for_compilers,
+    compiling, seeded, synchronize, wait_for_compilers,
 )
 from evaluator.token_mixer.training import COMPILE_QUEUE, CompileSwitch, OptimConfig, Trainer
 from evaluator.types import FailureKind, StageFailure
@@ -306,7 +306,7 @@ def evaluate(
     model.eval()
     correct = torch.zeros((), device=device, dtype=torch.long)
     loss_sum = torch.zeros((), device=device)
-    with torch.no_grad(), autocast_context(device, dtype), launch_priority():
+    with torch.no_grad(), autocast_context(device, dtype):
         for i in range(0, data.inputs.shape[0], batch_size):
             qv = data.query_val[i:i + batch_size]
             logits = _query_logits(model, data.inputs[i:i + batch_size], data.query_pos[i:i + batch_size])

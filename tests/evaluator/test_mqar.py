@@ -408,27 +408,3 @@ def test_generated_data_are_pinned_per_seed() -> None:
         crc = zlib.crc32(t.numpy().tobytes(), crc)
     assert crc == 3052920712
 
-
-def test_eager_loops_get_the_gil_more_often_while_a_compile_runs() -> None:
-    import sys
-    import threading
-
-    from evaluator.token_mixer import model
-
-    before = sys.getswitchinterval()
-    with model.launch_priority():
-        assert sys.getswitchinterval() == before  # nothing compiles
-    release = threading.Event()
-    busy = MixerCompiler()
-    busy._thread = threading.Thread(target=release.wait, daemon=True)
-    busy._thread.start()
-    model._STARTED.add(busy)
-    try:
-        assert model.compiling()
-        with model.launch_priority():
-            assert sys.getswitchinterval() < before
-        assert sys.getswitchinterval() == before
-    finally:
-        release.set()
-        busy.wait()
-    assert not model.compiling() and model.wait_for_compilers() < 1.0
