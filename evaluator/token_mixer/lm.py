@@ -273,7 +273,8 @@ def run_lm(
     waits for that compile to finish, ``lm_compile_wait_s``), otherwise by compiling on a
     worker thread while the first steps train eagerly and switching once it is done
     (``CompileSwitch``, as the MQAR stage does; ``lm_eager_steps``). Gated DeltaNet at the
-    rung-1 shapes on an H100: 30.3 s of eager training (docs/PERFORMANCE.md).
+    rung-1 shapes on an H100: 13.9 s of compiled training against 30.3 s eager
+    (docs/PERFORMANCE.md).
 
     Raises ``StageFailure(NAN)`` when the training or validation loss is not finite.
     """

@@ -13,7 +13,8 @@ prediction is exactly the value.
 Training: the :class:`~evaluator.token_mixer.model.MixerLM` frame around the candidate, AdamW
 with linear warm-up and cosine decay, for each (seq_len, num_kv_pairs) setting and each
 learning rate of a small sweep; the best learning rate per setting is kept (linear mixers are
-very sensitive to it). Data are deterministic per seed (CPU generator, then moved to the
+very sensitive to it; rung 1 on a GPU cuts the sweep at half the budget, after which only the
+best run trains on, ``sweep_cut``). Data are deterministic per seed (CPU generator, then moved to the
 device), model initialisation is identical across the sweep, and the training loop keeps the
 device busy: on CUDA the whole step is a replayed CUDA graph where the candidate allows it
 (``training.py``), the candidate's mixers are trained through ``torch.compile`` (``compile``,
@@ -152,15 +153,17 @@ class MQAROptions(BaseModel):
     @classmethod
     def rung1(cls, **overrides: Any) -> MQAROptions:
         """The GPU setting of rung 1: Zoology's vocabulary (8192), d_model 128, seq_len 256 with
-        16 and 64 pairs, a two-point LR sweep, 2000 steps at batch 256 per run (a run stops
+        16 and 64 pairs, a two-point LR sweep cut at half the budget (``sweep_cut``: only the
+        better run trains on from step 1000), 2000 steps at batch 256 per run (a run stops
         early once its training accuracy reaches 0.995, and the sweep stops once a run reaches
         0.99 on held-out data).
 
         Cost on an H100 through the sandbox, Gated DeltaNet (the slowest seed), mixers compiled
-        beside the first run: 123 s for this stage when one run stops early (6700 steps;
-        accuracy 0.998 / 0.943; 176.6 s for the whole rung), 147 s when none does (8000 steps;
-        200.1 s), GPU busy 89% / 88% (docs/PERFORMANCE.md). Cutting to 1500 steps dropped its 64-pair
-        accuracy from 0.93 to 0.35 (below the transition), so the budget stays at 2000 steps.
+        beside the first run, LM shapes compiled beside the last: this stage took 98-132 s
+        (4800-6400 steps; the whole rung 129-166 s, GPU busy 87%), against 147 s (8000 steps;
+        200.1 s) with the full sweep (docs/PERFORMANCE.md). Cutting every run to 1500 steps
+        instead dropped its 64-pair accuracy from 0.93 to 0.35 (below the transition), so the
+        budget stays at 2000 steps.
         Earlier measurements with 16/32/64 pairs at 2000 steps, eager: softmax attention 0.9996
         / 0.9997 / 0.9995, DeltaNet 0.998 / 0.994 / 0.999, plain linear attention 0.986 / 0.598
         / 0.113."""
