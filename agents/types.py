@@ -60,6 +60,8 @@ class Proposal:
     parent_ids: tuple[int, ...] = ()
     genome: Mapping[str, Any] | None = None
     origin: str = "mutation"  # seed | llm:<model> | mutation | crossover | debug
+    # ``llm_call`` rows the proposal came from: the store links them to the candidate it makes
+    llm_call_ids: tuple[int, ...] = ()
 
 
 class ProposalError(Exception):
@@ -68,6 +70,7 @@ class ProposalError(Exception):
     def __init__(self, message: str, reply: str = "") -> None:
         super().__init__(message)
         self.reply = reply
+        self.llm_call_ids: tuple[int, ...] = ()  # the logged calls that gave the reply
 
 
 @runtime_checkable

@@ -6,13 +6,18 @@ insights for prompts, and run the analyst and debugger as loop hooks (DESIGN.md 
 from __future__ import annotations
 
 import asyncio
+import itertools
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from agents.bandit import FixedModel, ModelBandit, ModelSpec
 from agents.knowledge_pack import load_builtin_pack
-from agents.llm import LLM, LiteLLM, LLMCallRecord, LLMFatalError, LLMRequest, check_credentials
-from agents.types import BudgetExhausted, FailureInfo, ParentInfo, Proposal, ProposalContext
+from agents.llm import (
+    LLM, LiteLLM, LLMCallRecord, LLMFatalError, LLMRequest, call_scope, check_credentials,
+)
+from agents.types import (
+    BudgetExhausted, FailureInfo, ParentInfo, Proposal, ProposalContext, ProposalError,
+)
 from discovery.config import CampaignConfig, LLMRoleConfig
 from discovery.errors import UserError
 from knowledge_base import repository as repo
@@ -66,10 +71,15 @@ class CallLogger:
         self.db = db
         self.campaign_id = campaign_id
         self.max_dollars = max_dollars
+        self._scoped: dict[str, list[int]] = {}  # row ids of calls made under a call_scope
+
+    def take(self, scope: str) -> tuple[int, ...]:
+        """The ids of the rows logged under ``scope`` (``agents.llm.call_scope``), once."""
+        return tuple(self._scoped.pop(scope, ()))
 
     def __call__(self, record: LLMCallRecord) -> None:
         with self.db.session() as s:
-            repo.add_llm_call(
+            call = repo.add_llm_call(
                 s, role=record.role, template_name=record.template_name,
                 template_hash=record.template_hash, model=record.model,
                 messages=record.messages_json(), response=record.response,
@@ -80,7 +90,10 @@ class CallLogger:
             )
             if self.campaign_id is not None and record.dollars:
                 repo.add_ledger_entry(s, self.campaign_id, "llm_dollars", record.dollars,
-                                      candidate_id=record.candidate_id)
+                                      candidate_id=record.candidate_id,
+                                      note=repo.llm_call_note(call.id))
+            if record.scope is not None:
+                self._scoped.setdefault(record.scope, []).append(call.id)
 
     def before_call(self, request: LLMRequest) -> None:
         if self.max_dollars is None or self.campaign_id is None:
@@ -106,19 +119,37 @@ def make_llm(cfg: CampaignConfig, logger: CallLogger) -> LiteLLM:
 
 
 class CostTrackingProposer:
-    """Wraps the researcher to remember what each proposal cost (for the model bandit)."""
+    """Wraps the researcher to remember what each proposal cost (for the model bandit) and
+    which logged calls it came from: the researcher's calls are made before the candidate
+    exists, so they are labelled with a ``call_scope`` and the proposal carries their row ids
+    (``Proposal.llm_call_ids``), which the store links to the candidate it makes."""
 
-    def __init__(self, researcher: Any, llm: Any) -> None:
+    def __init__(self, researcher: Any, llm: Any, logger: CallLogger | None = None) -> None:
         self.name = "llm"
         self._researcher = researcher
         self._llm = llm
+        self._logger = logger
+        self._proposals = itertools.count(1)
         self.cost_by_code: dict[str, float] = {}
 
     async def propose(self, ctx: ProposalContext) -> Proposal:
         before = getattr(self._llm, "dollars_spent", 0.0)
-        proposal = await self._researcher.propose(ctx)
+        scope = f"proposal:{next(self._proposals)}"
+        try:
+            with call_scope(scope):
+                proposal = await self._researcher.propose(ctx)
+        except ProposalError as err:  # the store keeps the reply as a validator failure
+            err.llm_call_ids = self._take(scope)
+            raise
+        except BaseException:
+            self._take(scope)
+            raise
+        ids = self._take(scope)
         self.cost_by_code[proposal.code] = getattr(self._llm, "dollars_spent", 0.0) - before
-        return proposal
+        return replace(proposal, llm_call_ids=ids) if ids else proposal
+
+    def _take(self, scope: str) -> tuple[int, ...]:
+        return self._logger.take(scope) if self._logger is not None else ()
 
 
 class LLMHooks:
@@ -279,7 +310,9 @@ def build_llm_side(cfg: CampaignConfig, db: Database, store: CampaignStore, task
         load_builtin_knowledge(db, task.name)
     research_chooser = chooser(cfg, "researcher")
     researcher = Researcher(llm, research_chooser, max_attempts=1 + cfg.proposer.validator_retries)
-    proposer = CostTrackingProposer(researcher, llm)
+    # (an injected LLM with a sink of its own logs elsewhere: nothing to link then)
+    proposer = CostTrackingProposer(researcher, llm,
+                                    logger if getattr(llm, "on_call", None) is logger else None)
     debugger = Debugger(llm, chooser(cfg, "debugger"), max_rounds=cfg.proposer.debug_rounds)
     analyst = Analyst(llm, chooser(cfg, "analyst"), task=task.name)
     hooks = LLMHooks(cfg, store, proposer, debugger, analyst, research_chooser)

@@ -158,7 +158,8 @@ class CampaignLoop:
         except LLMFatalError:  # a setup bug (test guard, exhausted script): fail loudly
             raise
         except ProposalError as err:
-            self.store.record_validator_failure(ctx, str(err), err.reply)
+            self.store.record_validator_failure(ctx, str(err), err.reply,
+                                                getattr(err, "llm_call_ids", ()))
             self._consecutive_rejections += 1
             self.reporter.note(f"proposer reply unusable: {err}")
             return

@@ -288,6 +288,7 @@ class CampaignStore:
         for key, value in extra.items():
             setattr(c, key, value)
         s.flush()
+        repo.link_llm_calls(s, proposal.llm_call_ids, c.id)
         return c
 
     def add_queued(self, proposal: Proposal, debug_of: int | None = None, debug_round: int = 0) -> QueuedCandidate:
@@ -309,10 +310,12 @@ class CampaignStore:
                           failure_message=f"{why} of candidate #{duplicate_of}")
             return c.id
 
-    def record_validator_failure(self, ctx: ProposalContext, message: str, reply: str) -> int:
+    def record_validator_failure(self, ctx: ProposalContext, message: str, reply: str,
+                                 llm_call_ids: Sequence[int] = ()) -> int:
         proposal = Proposal(
             name="unparseable-reply", motivation=message, code=reply or "",
             parent_ids=tuple(p.candidate_id for p in ctx.parents), origin="validator",
+            llm_call_ids=tuple(llm_call_ids),
         )
         with self.db.session() as s:
             c = self._add(s, proposal, "failed", None, failure_kind=FailureKind.VALIDATOR.value,

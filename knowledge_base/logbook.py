@@ -10,7 +10,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from knowledge_base.models import BudgetEntry, Event, Insight, LLMCall
@@ -142,6 +142,31 @@ def add_llm_call(
     session.add(call)
     session.flush()
     return call
+
+
+def llm_call_note(call_id: int) -> str:
+    """The note of the ``llm_dollars`` ledger entry of one logged call."""
+    return f"llm_call #{call_id}"
+
+
+def link_llm_calls(session: Session, call_ids: Sequence[int], candidate_id: int) -> int:
+    """Set ``candidate_id`` on logged calls made before the candidate existed (a researcher's
+    calls produce the candidate), and on their ``llm_dollars`` ledger entries (found by
+    ``llm_call_note``); rows already linked keep theirs. Returns the calls changed."""
+    if not call_ids:
+        return 0
+    result = session.execute(
+        update(LLMCall)
+        .where(LLMCall.id.in_(list(call_ids)), LLMCall.candidate_id.is_(None))
+        .values(candidate_id=candidate_id)
+    )
+    session.execute(
+        update(BudgetEntry)
+        .where(BudgetEntry.kind == "llm_dollars", BudgetEntry.candidate_id.is_(None),
+               BudgetEntry.note.in_([llm_call_note(i) for i in call_ids]))
+        .values(candidate_id=candidate_id)
+    )
+    return int(result.rowcount or 0)
 
 
 def llm_calls(

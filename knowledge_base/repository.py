@@ -34,6 +34,8 @@ from knowledge_base.logbook import (  # noqa: F401  (re-exported)
     insights,
     ledger_sum,
     ledger_totals,
+    link_llm_calls,
+    llm_call_note,
     llm_calls,
     llm_totals,
 )

@@ -66,6 +66,11 @@ from evaluator.token_mixer.training import COMPILE_QUEUE, CompileSwitch, OptimCo
 from evaluator.types import FailureKind, StageFailure
 
 IGNORE_INDEX = -100
+# examples per forward of the held-out evaluation (at least the training batch): an eager
+# forward is hundreds of kernel launches, each needing the GIL, which a compile running on
+# another thread holds for up to 5 ms at a time (docs/PERFORMANCE.md, rung-1 cost); fewer,
+# larger batches need fewer launches and give the same scores (sequences are independent)
+EVAL_BATCH = 1024
 log = logging.getLogger(__name__)
 
 
@@ -160,7 +165,7 @@ class MQAROptions(BaseModel):
 
         Cost on an H100 through the sandbox, Gated DeltaNet (the slowest seed), mixers compiled
         beside the first run, LM shapes compiled beside the last: this stage took 98-132 s
-        (4800-6400 steps; the whole rung 129-166 s, GPU busy 87%), against 147 s (8000 steps;
+        (4800-6400 steps; the whole rung 129-166 s, GPU busy 83-88%), against 147 s (8000 steps;
         200.1 s) with the full sweep (docs/PERFORMANCE.md). Cutting every run to 1500 steps
         instead dropped its 64-pair accuracy from 0.93 to 0.35 (below the transition), so the
         budget stays at 2000 steps.
@@ -444,7 +449,8 @@ class Run:
             return math.nan, math.nan
         if self._scored is None or self._scored[0] != self.step:
             t0 = time.perf_counter()
-            acc, loss = evaluate(self.model, self.test, self.options.batch_size, self.device, self.dtype)
+            acc, loss = evaluate(self.model, self.test, max(self.options.batch_size, EVAL_BATCH),
+                                 self.device, self.dtype)
             if not math.isfinite(loss):
                 acc, loss = math.nan, math.nan
             self._scored = (self.step, acc, loss)

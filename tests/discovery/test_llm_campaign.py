@@ -121,6 +121,15 @@ def test_scripted_campaign_records_every_outcome(scripted: Finished) -> None:
         assert all(c.dollars == pytest.approx(10 * 1e-5 + 20 * 2e-5) for c in calls)
         assert sum(c.tokens_in for c in calls) == 10 * len(calls)  # litellm's mock usage
         assert [c.candidate_id for c in calls if c.role == "debugger"] == [crashed.id]
+        # the researcher's calls come before their candidate exists: linked once it does
+        researched = {c.candidate_id for c in calls if c.role == "researcher"}
+        assert {good.id, crashed.id, dup.id} <= researched
+        assert invalid.id in researched  # an unusable reply is kept with the calls that gave it
+        assert None not in researched
+        from knowledge_base.models import BudgetEntry
+
+        spent = s.query(BudgetEntry).filter_by(campaign_id="scripted", kind="llm_dollars").all()
+        assert len(spent) == len(calls) and all(e.candidate_id is not None for e in spent)
         assert "researcher.j2+format_error.j2" in {c.template_name for c in calls}  # the re-ask
         assert repo.ledger_sum(s, "scripted", "llm_dollars") == pytest.approx(sum(c.dollars for c in calls))
 

@@ -408,3 +408,16 @@ def test_generated_data_are_pinned_per_seed() -> None:
         crc = zlib.crc32(t.numpy().tobytes(), crc)
     assert crc == 3052920712
 
+
+
+def test_evaluation_scores_do_not_depend_on_the_batch_size() -> None:
+    from evaluator.token_mixer.model import MixerLM
+    from evaluator.token_mixer.mqar import evaluate
+
+    options = MQAROptions()
+    _, test = build_data(options, options.settings[0], seed=0, device=CPU)
+    torch.manual_seed(0)
+    model = MixerLM(options.model_config_for(), SoftmaxAttention)
+    small = evaluate(model, test, 16, CPU, torch.float32)
+    large = evaluate(model, test, 1024, CPU, torch.float32)
+    assert small[0] == large[0] and small[1] == pytest.approx(large[1], rel=1e-5)
