@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from evaluator.token_mixer.model import MixerCompiler, compiling
+from evaluator.token_mixer.model import MixerCompiler, MixerLM, compiling
 
 log = logging.getLogger(__name__)
 
@@ -270,7 +270,7 @@ class CompileSwitch:
     compiler is rejected. Without a compiler (or with one that failed) only the pacing applies.
     """
 
-    def __init__(self, model: nn.Module, trainer: Trainer, compiler: MixerCompiler | None,
+    def __init__(self, model: MixerLM, trainer: Trainer, compiler: MixerCompiler | None,
                  device: torch.device, queue: int, compiled: bool = False):
         self.model, self.trainer, self.compiler = model, trainer, compiler
         self.cuda, self.queue = device.type == "cuda", queue
@@ -291,13 +291,15 @@ class CompileSwitch:
         """Switch if the compiler is done and steps remain; the seconds the switch took."""
         t0 = time.perf_counter()
         compiler = self.compiler
-        if not self.compiled and compiler is not None and compiler.done():
+        # (a capture must not overlap another compiler's kernel launches: wait for a later
+        # boundary while one is still at work)
+        if not self.compiled and compiler is not None and compiler.done() and not compiling():
             if compiler.ok and more_steps:
-                self.model.compile_mixers(compiler.backend)  # type: ignore[operator]
+                self.model.compile_mixers(compiler.backend)
                 if self.trainer.recapture():
                     self.compiled = True
                 else:
-                    self.model.eager_mixers()  # type: ignore[operator]
+                    self.model.eager_mixers()
                     compiler.reject("the compiled mixers cannot be captured in a CUDA graph")
         self.pace = self.cuda and compiling()
         if not self.pace:
