@@ -158,8 +158,7 @@ class CampaignLoop:
         except LLMFatalError:  # a setup bug (test guard, exhausted script): fail loudly
             raise
         except ProposalError as err:
-            self.store.record_validator_failure(ctx, str(err), err.reply,
-                                                getattr(err, "llm_call_ids", ()))
+            self.store.record_validator_failure(ctx, str(err), err.reply, err.llm_call_ids)
             self._consecutive_rejections += 1
             self.reporter.note(f"proposer reply unusable: {err}")
             return

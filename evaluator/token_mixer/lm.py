@@ -39,7 +39,7 @@ from evaluator.token_mixer.model import (
     MixerCompiler, MixerFactory, MixerLM, ModelConfig, autocast_context, prewarm, seeded,
     synchronize, take_prewarmed, wait_for_compilers,
 )
-from evaluator.token_mixer.training import COMPILE_QUEUE, CompileSwitch, OptimConfig, Trainer
+from evaluator.token_mixer.training import CompileSwitch, OptimConfig, Trainer
 from evaluator.types import FailureKind, StageFailure
 
 log = logging.getLogger(__name__)
@@ -316,7 +316,7 @@ def run_lm(
     trainer = Trainer(model, loss_fn, optim, device, dtype, offsets, options.cuda_graph)
     if use_compile and compiler is None:
         compiler = _start_compile(make_mixer, options, device, dtype, seed, register=False)
-    switch = CompileSwitch(model, trainer, compiler, device, COMPILE_QUEUE, compiled)
+    switch = CompileSwitch(model, trainer, compiler, device, compiled)
     train_loss = math.nan
     switch_s = 0.0
     synchronize(device)

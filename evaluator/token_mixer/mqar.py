@@ -14,8 +14,8 @@ Training: the :class:`~evaluator.token_mixer.model.MixerLM` frame around the can
 with linear warm-up and cosine decay, for each (seq_len, num_kv_pairs) setting and each
 learning rate of a small sweep; the best learning rate per setting is kept (linear mixers are
 very sensitive to it; rung 1 on a GPU cuts the sweep at half the budget, after which only the
-best run trains on, ``sweep_cut``). Data are deterministic per seed (CPU generator, then moved to the
-device), model initialisation is identical across the sweep, and the training loop keeps the
+best run trains on, ``sweep_cut``). Data are deterministic per seed (CPU generator, then moved
+to the device), model initialisation is identical across the sweep, and the training loop keeps the
 device busy: on CUDA the whole step is a replayed CUDA graph where the candidate allows it
 (``training.py``), the candidate's mixers are trained through ``torch.compile`` (``compile``,
 on CUDA only: ``MixerLM.compile_mixers``; the mixer keeps running eagerly where it cannot be
@@ -62,7 +62,7 @@ from evaluator.token_mixer.model import (
     MixerCompiler, MixerFactory, MixerLM, ModelConfig, autocast_context, compiled_graphs,
     compiling, seeded, synchronize, wait_for_compilers,
 )
-from evaluator.token_mixer.training import COMPILE_QUEUE, CompileSwitch, OptimConfig, Trainer
+from evaluator.token_mixer.training import CompileSwitch, OptimConfig, Trainer
 from evaluator.types import FailureKind, StageFailure
 
 IGNORE_INDEX = -100
@@ -345,12 +345,13 @@ class Run:
     With a ``compiler``, the mixers train compiled: from the first step when it has already
     compiled them; otherwise this run starts it (on a copy of the model, after the step is
     captured) and trains eagerly until it is done, then switches at a window boundary. While
-    any compiler of the process works, the loop keeps at most ``COMPILE_QUEUE`` steps queued
-    on the device (``CompileSwitch``), so the device synchronisations the compiler makes do
-    not wait behind a deep queue of replays. Sandboxed rung-1 runs of Gated DeltaNet on the
-    H100, pointwise autotuning still on: compile 63.1 s beside training without the cap,
-    57.5 s in the next run with it (single runs, with other changes in between); most of the
-    slow-down went only when autotuning went (``model.COMPILE_OPTIONS``: 30.9 s).
+    any compiler of the process works, the loop keeps at most ``training.COMPILE_QUEUE``
+    steps queued on the device (``CompileSwitch``), so the device synchronisations the
+    compiler makes do not wait behind a deep queue of replays. Sandboxed rung-1 runs of
+    Gated DeltaNet on the H100, pointwise autotuning still on: compile 63.1 s beside training
+    without the cap, 57.5 s in the next run with it (single runs, with other changes in
+    between); most of the slow-down went only when autotuning went
+    (``model.COMPILE_OPTIONS``: 30.9 s).
 
     ``after_setup`` is called once the step is captured and before training starts (the MQAR
     stage starts compiling the LM stage's shapes there, ``run_mqar``).
@@ -399,7 +400,7 @@ class Run:
         if after_setup is not None:
             after_setup()
         self.model = model
-        self.switch = CompileSwitch(model, self.trainer, compiler, device, COMPILE_QUEUE, compiled)
+        self.switch = CompileSwitch(model, self.trainer, compiler, device, compiled)
         self.windows: list[float] = []
         self.step = 0
         self.finite = True
@@ -545,17 +546,10 @@ def _sweep(
     the sweep: no capture follows it in this sweep.
     """
     lrs = list(options.lrs)
-    if options.sweep_cut is None or options.sweep_cut >= 1.0 or len(lrs) == 1:
-        results = []
-        for j, lr in enumerate(lrs):
-            hook = last_hook if j == len(lrs) - 1 else None
-            run = train_run(make_mixer, options, train, test, lr, device, dtype, seed, compiler,
-                            after_setup=hook)
-            results.append(run)
-            if options.stop_sweep_at is not None and run.finite and run.accuracy >= options.stop_sweep_at:
-                break
-        return results
-    cut = max(1, round(options.sweep_cut * options.steps))
+    if options.sweep_cut is None or len(lrs) == 1:  # every run trains its whole budget
+        cut = options.steps
+    else:
+        cut = max(1, round(options.sweep_cut * options.steps))
     started: list[Run] = []
     reached = False  # a run scored stop_sweep_at: the sweep ends, only that run trains on
     for j, lr in enumerate(lrs):
@@ -653,7 +647,7 @@ def _run_settings(
     metrics["mqar_setup_s"] = setup_s
     metrics["mqar_eval_s"] = eval_s
     metrics["mqar_capture_s"] = capture_s  # of setup: building trainers (warm-up and capture)
-    metrics["mqar_compile_wait_s"] = wait_s  # of setup: a later stage's compile still at work
+    metrics["mqar_compile_wait_s"] = wait_s  # of setup: a compile still at work before a capture
     if compiler is not None:
         compiler.wait()
         metrics["mqar_eager_steps"] = float(eager_steps)  # trained before compiled mixers took over

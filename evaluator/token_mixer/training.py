@@ -271,7 +271,7 @@ class CompileSwitch:
     """
 
     def __init__(self, model: MixerLM, trainer: Trainer, compiler: MixerCompiler | None,
-                 device: torch.device, queue: int, compiled: bool = False):
+                 device: torch.device, compiled: bool = False, queue: int = COMPILE_QUEUE):
         self.model, self.trainer, self.compiler = model, trainer, compiler
         self.cuda, self.queue = device.type == "cuda", queue
         self.compiled = compiled  # the mixers train compiled (from the start, or since the switch)

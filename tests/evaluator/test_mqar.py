@@ -320,13 +320,12 @@ def test_a_later_stage_compile_starts_after_the_last_capture(monkeypatch: pytest
     options = MQAROptions(settings=((64, 16), (64, 8)), steps=20, check_every=10,
                           lrs=(3e-3, 1e-2), early_stop_acc=None, stop_sweep_at=None)
     log: list[str] = []
-    real = mqar.train_run
+    class Logged(mqar.Run):
+        def __init__(self, make_mixer, options, train, test, lr, *args, **kwargs):  # type: ignore[no-untyped-def]
+            log.append(f"run {train.query_pos.shape[1]} pairs lr {lr:g}")
+            super().__init__(make_mixer, options, train, test, lr, *args, **kwargs)
 
-    def logged(make_mixer, options, train, test, lr, *args, **kwargs):  # type: ignore[no-untyped-def]
-        log.append(f"run {train.query_pos.shape[1]} pairs lr {lr:g}")
-        return real(make_mixer, options, train, test, lr, *args, **kwargs)
-
-    monkeypatch.setattr(mqar, "train_run", logged)
+    monkeypatch.setattr(mqar, "Run", Logged)
 
     def run(compiler: MixerCompiler | None) -> None:
         with ThreadPoolExecutor(max_workers=1) as pool:
