@@ -7,6 +7,8 @@
                                               # mixer, alone or beside eager training (one per process)
     python benchmarks/gpu_rung1.py cost [SEED]  # full rung-1 cost of one candidate + GPU busy %
     python benchmarks/gpu_rung1.py cost [SEED] --sandbox  # the same, through the sandbox
+    python benchmarks/gpu_rung1.py cost [SEED] --sandbox --warm  # from a warm child
+    python benchmarks/gpu_rung1.py cost [SEED] --where  # in-process: where the GPU idled
 
 `zoo` trains every seed of the baseline zoo in the rung-1 MQAR frame (d_model 64, T = 256, 16
 key-value pairs, vocabulary 8192, batch 256, LR sweep, best LR kept) and prints accuracy,
@@ -14,7 +16,11 @@ state size and stage time. `cost` runs the task's rung-1 stages (mqar, lm, profi
 a campaign would on a `cuda` target, while `nvidia-smi` samples utilisation every 100 ms; it
 prints the wall time per stage and the share of samples with the GPU busy. With `--sandbox`
 the stages run as a campaign's worker runs them: one sandboxed child evaluates the candidate
-(`sandbox.launcher.run_evaluation`), and the child's start-up and load count in the total.
+(`sandbox.launcher.run_evaluation`), and the child's start-up and load count in the total;
+`--warm` takes the child from a warm pool prepared with the task's preload for the target, as
+a campaign's GPU worker does (its warm-up overlaps the previous evaluation there, so it is
+timed apart and left out of the total). `--where` samples the host's stack while the GPU
+idles and prints the code locations that took the idle time.
 """
 
 from __future__ import annotations
@@ -215,21 +221,38 @@ def _stages(task, overrides: dict[str, dict[str, object]]) -> list:
 
 
 def _sandboxed(task, name: str, target: TargetSpec, samples: list[tuple[float, int]],
-               overrides: dict[str, dict[str, object]]) -> list[tuple]:
+               overrides: dict[str, dict[str, object]], warm: bool) -> list[tuple]:
     """Run rung 1 in one sandboxed child; per-stage windows come from the stage wall times
-    (stages run back to back after the child's start-up and the implicit load stage)."""
+    (stages run back to back after the child's start-up and the implicit load stage).
+
+    ``warm``: the child comes from a warm pool prepared with the task's preload for the
+    target (``Task.preload``), as a campaign's GPU worker serves its next evaluation; the
+    warm-up (which a campaign overlaps with the previous evaluation) is timed on its own row
+    and left out of the total."""
+    from sandbox import SandboxPool
     from sandbox.api import EvalRequest, SandboxLimits
     from sandbox.launcher import run_evaluation
 
     request = EvalRequest(task="token-mixer", code=seed_source(name), stages=_stages(task, overrides),
                           target=target)
+    limits = SandboxLimits(wall_timeout_s=1800)
+    rows, pool = [], None
+    if warm:
+        t0 = time.monotonic()
+        pool = SandboxPool(1, preload=task.preload(target))
+        if not pool.wait_warm(600):
+            raise SystemExit("the warm sandbox child did not get ready")
+        t_ready = time.monotonic()
+        rows.append(("(warm-up)", True, t_ready - t0, *_busy(samples, t0, t_ready)))
     t0 = time.monotonic()
-    outcome = run_evaluation(request, SandboxLimits(wall_timeout_s=1800))
+    outcome = pool.evaluate(request, limits) if pool is not None else run_evaluation(request, limits)
     t_end = time.monotonic()
+    if pool is not None:
+        pool.close()
     if not outcome.ok:
         print("sandboxed evaluation failed:", outcome.first_failure, "\n", outcome.log_tail[-3000:])
     stage_wall = sum(r.wall_s for r in outcome.results)
-    rows, t = [], t_end - stage_wall  # start of the first stage: after spawn and imports
+    t = t_end - stage_wall  # start of the first stage: after spawn and imports
     rows.append(("spawn", True, t - t0, _busy(samples, t0, t)[0], _busy(samples, t0, t)[1]))
     for r in outcome.results:
         busy, util = _busy(samples, t, t + r.wall_s)
@@ -241,6 +264,64 @@ def _sandboxed(task, name: str, target: TargetSpec, samples: list[tuple[float, i
     iso = outcome.results[0].artifacts.get("isolation", {}) if outcome.results else {}
     print("isolation:", {k: iso.get(k) for k in ("mode", "seccomp", "landlock", "notes")})
     return rows
+
+
+class StackSampler:
+    """Where the main thread is, every ``period`` seconds: its innermost frame in this
+    repository's code and the innermost frame of all (a torch function, say). Joined with the
+    ``nvidia-smi`` samples, it says which code the host was running while the GPU idled
+    (``cost --where``, in-process only)."""
+
+    def __init__(self, period: float = 0.05):
+        self.period, self.samples = period, []  # (monotonic time, location)
+        self._main = threading.main_thread().ident
+        self._stop = threading.Event()
+        self._root = str(Path(__file__).resolve().parents[1])
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def _where(self) -> str:
+        """``our/file.py:function | innermost.py:function`` (the second part only when the
+        innermost frame is outside this repository, e.g. in torch)."""
+        frame = sys._current_frames().get(self._main)
+        inner, ours = None, None
+        while frame is not None and ours is None:
+            code = frame.f_code
+            path = code.co_filename
+            if path.startswith(self._root) and "/benchmarks/" not in path:
+                ours = f"{Path(path).relative_to(self._root)}:{code.co_name}"
+            elif inner is None:
+                inner = f"{Path(path).name}:{code.co_name}"
+            frame = frame.f_back
+        return f"{ours} | {inner}" if inner else str(ours)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.period):
+            self.samples.append((time.monotonic(), self._where()))
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def idle_report(self, gpu: list[tuple[float, int]], t0: float, t1: float, top: int = 25) -> None:
+        """The code locations of the GPU's idle samples (utilisation 0) between t0 and t1."""
+        import bisect
+        from collections import Counter
+
+        times = [t for t, _ in self.samples]
+        idle = Counter()
+        window = [(t, u) for t, u in gpu if t0 <= t <= t1]
+        for t, u in window:
+            if u > 0 or not times:
+                continue
+            i = min(bisect.bisect_left(times, t - 0.05), len(times) - 1)  # util covers the last period
+            idle[self.samples[i][1]] += 1
+        n = sum(idle.values())
+        print(f"\nGPU idle samples: {n} of {len(window)} (100 ms each); where the main thread was:")
+        for where, count in idle.most_common(top):
+            print(f"{count:5d}  {where}")
 
 
 def _busy(samples: list[tuple[float, int]], t0: float, t1: float) -> tuple[float, float]:
@@ -263,8 +344,12 @@ def cost(args: argparse.Namespace) -> None:
     overrides = {stage: {k: json.loads(v) for k, v in (kv.split("=", 1) for kv in pairs)}
                  for stage, pairs in (("mqar", args.mqar), ("lm", args.lm))}
     if args.sandbox:
-        rows = _sandboxed(task, name, target, samples, overrides)
+        rows = _sandboxed(task, name, target, samples, overrides, args.warm)
     in_process = [] if args.sandbox else _stages(task, overrides)
+    where = StackSampler() if args.where and not args.sandbox else None
+    if where is not None:
+        where.start()
+    t_first = time.monotonic()
     task.plan(in_process, target)  # as the sandbox harness does
     for stage in in_process:
         t0 = time.monotonic()
@@ -272,17 +357,25 @@ def cost(args: argparse.Namespace) -> None:
         t1 = time.monotonic()
         rows.append((stage.name, result.ok, t1 - t0, *_busy(samples, t0, t1)))
         print(stage.name, result.ok, result.failure_kind, round(t1 - t0, 1),
-              {k: round(v, 4) for k, v in list(result.metrics.items())[:12]}, flush=True)
+              json.dumps({k: round(v, 4) for k, v in result.metrics.items()}), flush=True)
     stop.set()
-    total = sum(r[2] for r in rows)
+    if where is not None:
+        where.stop()
+        where.idle_report(samples, t_first, time.monotonic())
+    rows_in_total = [r for r in rows if not r[0].startswith("(")]
+    total = sum(r[2] for r in rows_in_total)
     changed = {stage: o for stage, o in overrides.items() if o}
     print(f"\nrung-1 cost of {name} on {torch.cuda.get_device_name()} (bf16)"
           + (f", overrides {changed}" if changed else ""))
     print(f"{'stage':10} {'ok':>4} {'wall s':>8} {'busy %':>7} {'mean util %':>12}")
     for stage, ok, wall, busy, util in rows:
         print(f"{stage:10} {str(ok):>4} {wall:8.1f} {100 * busy:7.1f} {util:12.1f}")
-    weighted = sum(r[2] * r[3] for r in rows) / max(total, 1e-9)
+    weighted = sum(r[2] * r[3] for r in rows_in_total) / max(total, 1e-9)
     print(f"{'total':10} {'':>4} {total:8.1f} {100 * weighted:7.1f}")
+    staged = [r for r in rows_in_total if r[0] not in ("spawn", "load")]
+    wall = sum(r[2] for r in staged)
+    busy = sum(r[2] * r[3] for r in staged) / max(wall, 1e-9)
+    print(f"{'stages':10} {'':>4} {wall:8.1f} {100 * busy:7.1f}   (rung 1's stages alone)")
 
 
 def main() -> None:
@@ -307,6 +400,10 @@ def main() -> None:
     c = sub.add_parser("cost")
     c.add_argument("seed", nargs="?", default="deltanet")
     c.add_argument("--sandbox", action="store_true", help="evaluate through the sandbox, as a worker does")
+    c.add_argument("--warm", action="store_true",
+                   help="with --sandbox: from a warm child prepared with the task's preload")
+    c.add_argument("--where", action="store_true",
+                   help="in-process: say where the host was while the GPU idled")
     c.add_argument("--mqar", action="append", default=[], metavar="KEY=JSON",
                    help="override an MQAR stage option, e.g. --mqar compile=false")
     c.add_argument("--lm", action="append", default=[], metavar="KEY=JSON",

@@ -107,10 +107,12 @@ class SandboxConfig(_Strict):
     memory_gb: float | None = Field(None, gt=0)  # None: the sandbox default fraction of RAM
     timeout_scale: float = Field(1.0, gt=0)  # multiplies every stage timeout
     max_output_kb: int = Field(64, ge=1)
-    # Keep a pre-started sandbox child per worker (hides ~1 s of start-up per evaluation).
-    # Off by default: with every core busy, the pre-start competes with running evaluations;
-    # measured on 2 cores it made an 8-evaluation campaign slower (docs/PERFORMANCE.md).
-    warm_pool: bool = False
+    # Keep a pre-started, warmed-up sandbox child per worker: the next evaluation skips the
+    # process start, the imports and the task's device set-up (for a token mixer on a GPU,
+    # CUDA and compile machinery: seconds of idle GPU per candidate, docs/PERFORMANCE.md).
+    # None (the default) = on for evaluations on `cuda` targets, off for CPU ones: with every
+    # core busy the pre-start competes with running evaluations (measured slower on 2 cores).
+    warm_pool: bool | None = None
 
 
 class FitnessConfig(_Strict):

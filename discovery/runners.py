@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from evaluator.types import TargetSpec
 from sandbox.api import EvalOutcome, EvalRequest, SandboxLimits
 
 
@@ -47,22 +48,43 @@ class Runner(Protocol):
     def close(self) -> None: ...
 
 
-# Set (through the Ray runtime environment) to keep one pre-started sandbox child warm in
-# every Ray worker: the next evaluation then skips the ~1 s interpreter + torch start-up
-# (docs/PERFORMANCE.md); each child still serves exactly one evaluation.
+# Set (through the Ray runtime environment) to keep one pre-started, warmed-up sandbox child
+# in every Ray worker: "1" for every evaluation, "auto" for evaluations on `cuda` targets
+# (``[sandbox] warm_pool``, ``warm_pool_setting``). The next evaluation then skips the
+# interpreter start, the imports and the task's device set-up (``Task.preload``); each child
+# still serves exactly one evaluation.
 WARM_POOL_ENV = "DISCO_SANDBOX_WARM_POOL"
+
+
+def warm_pool_setting(warm_pool: bool | None) -> str | None:
+    """``[sandbox] warm_pool`` as the value of ``WARM_POOL_ENV`` (None: no pool)."""
+    return {True: "1", None: "auto"}.get(warm_pool)
+
+
+def wants_warm_pool(setting: str | None, device: str) -> bool:
+    """Whether evaluations on a ``device`` target get a warm pool under ``setting``."""
+    return setting == "1" or (setting == "auto" and device == "cuda")
+
+
+def task_preload(task: Any, target: TargetSpec) -> tuple[str, ...]:
+    """What a warm child loads for ``task`` on ``target`` (``Task.preload``; default torch)."""
+    preload = getattr(task, "preload", None)
+    return tuple(preload(target)) if callable(preload) else ("torch",)
 
 
 def evaluate_job(request_json: str, limits_json: str) -> str:
     """Run one evaluation in the sandbox; JSON in, JSON out (the shape Ray ships)."""
     import sandbox  # imported lazily: Ray workers import this module by reference
 
-    if os.environ.get(WARM_POOL_ENV) == "1" and sandbox.get_default_pool() is None:
-        sandbox.configure_pool(1)
+    request = EvalRequest.model_validate_json(request_json)
+    if wants_warm_pool(os.environ.get(WARM_POOL_ENV), request.target.device):
+        from evaluator.registry import get_task
 
-    outcome = sandbox.evaluate(
-        EvalRequest.model_validate_json(request_json), SandboxLimits.model_validate_json(limits_json)
-    )
+        preload = task_preload(get_task(request.task, request.task_options), request.target)
+        pool = sandbox.get_default_pool()
+        if pool is None or pool.config.preload != preload:
+            sandbox.configure_pool(1, preload)
+    outcome = sandbox.evaluate(request, SandboxLimits.model_validate_json(limits_json))
     return outcome.model_dump_json()
 
 

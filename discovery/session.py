@@ -16,6 +16,7 @@ from discovery.policies import make_policy
 from discovery.progress import ConsoleReporter, JsonLinesReporter, Reporter
 from discovery.runners import (
     WARM_POOL_ENV, InlineRunner, RayRunner, Runner, local_gpu_count, ray_env_defaults,
+    task_preload, wants_warm_pool, warm_pool_setting,
 )
 from discovery.store import CampaignStore
 from discovery.tasks import build_task
@@ -70,7 +71,8 @@ def make_runner(cfg: CampaignConfig) -> Runner:
         return InlineRunner(max_in_flight=cfg.runner.max_in_flight)
     ray_env_defaults()
     try:
-        env = {"env_vars": {WARM_POOL_ENV: "1"}} if cfg.sandbox.warm_pool else None
+        setting = warm_pool_setting(cfg.sandbox.warm_pool)
+        env = {"env_vars": {WARM_POOL_ENV: setting}} if setting else None
         return RayRunner(address=cfg.runner.ray_address, max_in_flight=cfg.runner.max_in_flight,
                          runtime_env=env)
     except ConnectionError as err:
@@ -128,8 +130,12 @@ def build_campaign(
     if fallback_note:
         rep.note(fallback_note)
     the_runner = runner or make_runner(cfg)
-    if cfg.sandbox.warm_pool and cfg.runner.kind == "inline":
-        sandbox.configure_pool(cfg.runner.max_in_flight)
+    if cfg.runner.kind == "inline":
+        setting = warm_pool_setting(cfg.sandbox.warm_pool)
+        warm = [t for t in cfg.targets if wants_warm_pool(setting, t.device)]
+        if warm:  # one pool serves every target: what any of them preloads
+            preload = tuple(dict.fromkeys(m for t in warm for m in task_preload(task, t)))
+            sandbox.configure_pool(cfg.runner.max_in_flight, preload)
     loop = CampaignLoop(
         cfg, store, task, proposer, lambda: make_policy(cfg.policy, cfg.seed), the_runner,
         sandbox_limits(cfg), reporter=rep, hooks=hooks, check_code=sandbox.check,

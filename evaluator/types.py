@@ -147,7 +147,11 @@ class Task(Protocol):
     Optionally a task defines ``plan(stages, target)``: the child calls it once, before the
     first stage, with the stages it is about to run (in order), so that a stage can prepare
     work for a later one in the same process (token-mixer: the MQAR stage compiles the LM
-    stage's shapes while it trains).
+    stage's shapes while it trains). Optionally it defines ``preload(target) -> tuple[str,
+    ...]``: what a warm sandbox child imports (``module``) or imports and calls
+    (``module:function``) after isolation and before its request, moving one-time process
+    set-up (imports, device initialisation) off the evaluation's critical path (default:
+    torch alone).
     """
 
     name: str

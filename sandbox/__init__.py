@@ -5,7 +5,7 @@ Public API::
     evaluate(request, limits=None, *, task=None) -> EvalOutcome
     check(code, task=None) -> PolicyViolation | None
     SandboxPool(size)          # warm children; set_default_pool(pool) makes evaluate use it
-    configure_pool(size)       # start (or with None, stop) the default pool
+    configure_pool(size, preload)  # start (or with None, stop) the default pool
     SandboxError               # platform failure: the caller records kind ``infra``
 
 ``evaluate`` checks the static policy in the driver, then runs the evaluation in a fresh
@@ -83,11 +83,15 @@ def get_default_pool() -> SandboxPool | None:
     return _default_pool
 
 
-def configure_pool(size: int | None) -> SandboxPool | None:
+def configure_pool(size: int | None, preload: tuple[str, ...] | None = None) -> SandboxPool | None:
     """Start a default warm pool of ``size`` children (None or 0: no pool), closing the
-    previous default pool. The pool is closed (its idle children killed) at interpreter exit."""
+    previous default pool. ``preload`` (default: torch) is what each child imports or calls
+    before its request (a task's ``preload(target)``). The pool is closed (its idle children
+    killed) at interpreter exit."""
     global _atexit_registered
-    new = SandboxPool(size) if size else None
+    new = None
+    if size:
+        new = SandboxPool(size) if preload is None else SandboxPool(size, preload=preload)
     previous = set_default_pool(new)
     if previous is not None:
         previous.close()

@@ -38,10 +38,17 @@ from collections.abc import Iterable, Mapping
 from sandbox import landlock, seccomp, syscalls
 from sandbox.protocol import IsolationReport, ResolvedLimits, SpawnConfig
 
+GPU_ENV = ("CUDA_VISIBLE_DEVICES", "CUDA_DEVICE_ORDER")
 # Environment variables a child may inherit (exact names or prefixes); everything else is
 # dropped, and secret-looking names are dropped even if they match.
 ENV_ALLOW_EXACT = frozenset({"PATH", "LANG", "LANGUAGE", "TZ", "TERM", "PYTHONHASHSEED",
-                             "SOURCE_DATE_EPOCH"})
+                             "SOURCE_DATE_EPOCH",
+                             # the GPUs a scheduler (Ray) gave this evaluation, and how to
+                             # number them: without these a child would use every GPU's first
+                             *GPU_ENV,
+                             # NVLink multicast kept off where the host turns it off
+                             "NCCL_NVLS_ENABLE", "TORCH_SYMM_MEM_DISABLE_MULTICAST",
+                             "NVSHMEM_DISABLE_NVLS"})
 ENV_ALLOW_PREFIXES = ("LC_",)
 ENV_DENY_SUBSTRINGS = ("PASSWORD", "PASSWD", "SECRET", "TOKEN", "CREDENTIAL", "PRIVATE")
 ENV_DENY_SUFFIXES = ("_KEY", "_KEYS", "_PASS", "_PAT", "_AUTH")
@@ -67,6 +74,12 @@ def is_secret_name(name: str) -> bool:
     upper = name.upper()
     return (any(s in upper for s in ENV_DENY_SUBSTRINGS) or upper.endswith(ENV_DENY_SUFFIXES)
             or upper.startswith(ENV_DENY_PREFIXES))
+
+
+def gpu_assignment(source: Mapping[str, str]) -> tuple[str | None, ...]:
+    """The GPU variables of ``source`` (``GPU_ENV``): a warm child spawned under others (Ray
+    gives each task its GPUs through them) would run on the wrong device."""
+    return tuple(source.get(name) for name in GPU_ENV)
 
 
 def scrubbed_environment(source: Mapping[str, str], *, pythonpath: Iterable[str],

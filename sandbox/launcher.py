@@ -154,9 +154,11 @@ class Child:
         self._pidfd = -1
         self._pump: threading.Thread | None = None
         self._used = False
+        self.gpus: tuple[str | None, ...] = ()  # the GPU variables it was spawned with
 
     # ------------------------------------------------------------------ start
     def spawn(self) -> Child:
+        self.gpus = isolation.gpu_assignment(os.environ)
         req_r, req_w = os.pipe()
         res_r, res_w = os.pipe()
         out_r, out_w = os.pipe()

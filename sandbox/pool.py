@@ -2,10 +2,13 @@
 set-up and ``import torch`` (together ~1-1.5 s on the reference machine).
 
 Each pooled child is started, isolated and warmed up (torch and the other ``preload`` modules
-imported, the module snapshot taken) and then blocks reading its request pipe. ``evaluate``
-takes one ready child, gives it the request and discards it afterwards: a child still serves
-exactly one evaluation, so one candidate can never see another's leftovers. A background
-thread keeps ``size`` children ready.
+imported, a task's warm-up functions called, the module snapshot taken) and then blocks
+reading its request pipe. ``evaluate`` takes one ready child, gives it the request and
+discards it afterwards: a child still serves exactly one evaluation, so one candidate can
+never see another's leftovers. A background thread keeps ``size`` children ready, so the
+next child warms up while the current evaluation runs. A ready child spawned under other GPU
+variables than the process has now (``CUDA_VISIBLE_DEVICES``: Ray sets it per task) is
+discarded instead of used.
 
 The refill thread is also the parent thread of every pooled child (``PR_SET_PDEATHSIG``
 fires when the thread that forked a child exits), so it lives as long as the pool.
@@ -17,7 +20,10 @@ import collections
 import threading
 import time
 
+import os
+
 from sandbox.api import EvalOutcome, EvalRequest, SandboxLimits
+from sandbox.isolation import gpu_assignment
 from sandbox.launcher import Child, IsolationConfig, SandboxError
 
 DEFAULT_PRELOAD = ("torch",)
@@ -27,10 +33,11 @@ class SandboxPool:
     """``size`` warm children; thread-safe ``evaluate``; use as a context manager or close()."""
 
     def __init__(self, size: int = 2, *, isolation_config: IsolationConfig | None = None,
-                 torch_threads: int = 1, max_failures: int = 3):
+                 torch_threads: int = 1, max_failures: int = 3,
+                 preload: tuple[str, ...] = DEFAULT_PRELOAD):
         if size < 1:
             raise ValueError(f"pool size must be >= 1, got {size}")
-        base = isolation_config or IsolationConfig(preload=DEFAULT_PRELOAD)
+        base = isolation_config or IsolationConfig(preload=preload)
         self.size = size
         self.config = base
         self.torch_threads = torch_threads
@@ -81,7 +88,7 @@ class SandboxPool:
                 while self._ready:
                     child = self._ready.popleft()
                     self._cond.notify_all()
-                    if child.alive():
+                    if child.alive() and child.gpus == gpu_assignment(os.environ):
                         return child
                     child.discard()
                 if self._closed:

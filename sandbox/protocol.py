@@ -69,6 +69,7 @@ class SpawnConfig(BaseModel):
     workdir: str | None = None  # host directory to use when no mount namespace is available
     read_paths: list[str] = Field(default_factory=list)
     tmpfs_bytes: int = 512 * 1024 * 1024
+    # imported after isolation, before the request; "module:function" also calls function()
     preload: list[str] = Field(default_factory=list)
     torch_threads: int = 1
 

@@ -9,8 +9,9 @@ Order of events (nothing from the candidate is read before isolation is complete
    confined by the same no_new_privs / seccomp / Landlock layers); the
    harness's wait status travels back over a pipe and the monitor exits the same way (same
    signal or code), so the driver reads the real exit cause from its own ``wait4``;
-3. import torch and the other preloads, bind the harness's own references, take the module
-   snapshot, send a signed ``ready`` frame (a warm pool child waits here);
+3. import torch and the other preloads (a ``module:function`` preload is also called: the
+   task's warm-up, e.g. CUDA initialisation), bind the harness's own references, take the
+   module snapshot, send a signed ``ready`` frame (a warm pool child waits here);
 4. read the ``LaunchRequest`` line, close the request pipe, apply the rlimits, set torch's
    thread count, run the harness, send ``done`` and exit with ``os._exit``.
 Any failure of steps 1-4 that is not the candidate's is reported as an ``error`` frame (or a
@@ -196,6 +197,17 @@ def _isolate(spawn: SpawnConfig, request_fd: int, result_fd: int) -> tuple[str, 
     return mode, fields, notes
 
 
+def _preload(entry: str) -> None:
+    """Import ``module``, or import ``module:function`` and call ``function()``: trusted
+    package code that warms the process (imports, device set-up) before any request."""
+    import importlib
+
+    module, _, function = entry.partition(":")
+    loaded = importlib.import_module(module)
+    if function:
+        getattr(loaded, function)()
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="sandbox.runner")
     parser.add_argument("--request-fd", type=int, required=True)
@@ -219,9 +231,8 @@ def main(argv: list[str] | None = None) -> None:
         report = isolation.build_report(mode, fields, notes)
         from sandbox.harness import Harness, HarnessError  # after isolation: imports torch deps
         from sandbox.integrity import ModuleSnapshot
-        import importlib
-        for name in spawn.preload:
-            importlib.import_module(name)
+        for entry in spawn.preload:
+            _preload(entry)
         torch = sys.modules.get("torch")
         if torch is not None:
             torch.set_num_threads(spawn.torch_threads)

@@ -250,6 +250,13 @@ class TokenMixerTask:
     def check_interface(self, module: Any) -> str | None:
         return check_mixer_interface(module)
 
+    def preload(self, target: TargetSpec) -> tuple[str, ...]:
+        """What a pooled sandbox child loads before its request (see ``Task``): torch, and for
+        a GPU target the CUDA warm-up (``warmup.cuda``: compile machinery, CUDA context)."""
+        if target.device == "cuda":
+            return ("torch", "evaluator.token_mixer.warmup:cuda")
+        return ("torch",)
+
     def plan(self, stages: list[StageSpec], target: TargetSpec) -> None:
         """Child side: the stages about to run in this process (see ``Task``)."""
         self._planned = list(stages)

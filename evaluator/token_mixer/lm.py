@@ -37,7 +37,7 @@ from torch.nn import functional as F
 
 from evaluator.token_mixer.model import (
     MixerCompiler, MixerFactory, MixerLM, ModelConfig, autocast_context, prewarm, seeded,
-    synchronize, take_prewarmed, wait_for_compilers,
+    compiling, synchronize, take_prewarmed,
 )
 from evaluator.token_mixer.training import CompileSwitch, OptimConfig, Trainer
 from evaluator.types import FailureKind, StageFailure
@@ -269,8 +269,9 @@ def run_lm(
     """Train the byte-level LM around the mixer and report validation loss / bits per byte.
 
     On CUDA with ``compile`` (the default) the mixers train through ``torch.compile``: from
-    the first step when an earlier stage compiled them already (``prewarm_lm``; the stage
-    waits for that compile to finish, ``lm_compile_wait_s``), otherwise by compiling on a
+    the first step when an earlier stage compiled them already (``prewarm_lm``; while that
+    compile is still at work, the step trains eagerly and is captured compiled once it is
+    done, ``lm_capture_deferred``), otherwise by compiling on a
     worker thread while the first steps train eagerly and switching once it is done
     (``CompileSwitch``, as the MQAR stage does; ``lm_eager_steps``). Gated DeltaNet at the
     rung-1 shapes on an H100: 13.9 s of compiled training against 30.3 s eager
@@ -287,7 +288,8 @@ def run_lm(
     use_compile = _compiles(options, device)
     compiler = take_prewarmed(_compile_key(make_mixer, options, device, dtype)) if use_compile else None
     prewarmed = compiler is not None
-    wait_s = wait_for_compilers()  # no capture (or timing) while a compiler launches kernels
+    # no capture while a compiler launches kernels: train the step eagerly until it is done
+    deferred = compiling()
     with seeded(seed, device):
         model = MixerLM(model_config(options), make_mixer).to(device)
     compiled = compiler is not None and compiler.ok
@@ -313,7 +315,8 @@ def run_lm(
         warmup_frac=options.warmup_frac, min_lr_ratio=options.min_lr_ratio,
         grad_clip=options.grad_clip,
     )
-    trainer = Trainer(model, loss_fn, optim, device, dtype, offsets, options.cuda_graph)
+    trainer = Trainer(model, loss_fn, optim, device, dtype, offsets, options.cuda_graph,
+                      defer_capture=deferred)
     if use_compile and compiler is None:
         compiler = _start_compile(make_mixer, options, device, dtype, seed, register=False)
     switch = CompileSwitch(model, trainer, compiler, device, compiled)
@@ -354,7 +357,7 @@ def run_lm(
         metrics.update({
             "lm_compiled": float(switch.compiled),  # the mixers ended up training compiled
             "lm_prewarmed": float(prewarmed),  # compiled by an earlier stage
-            "lm_compile_wait_s": wait_s,
+            "lm_capture_deferred": float(deferred),  # trained eagerly until a compile was done
             "lm_eager_steps": float(switch.eager_steps),
             "lm_switch_s": switch_s,
         })

@@ -204,15 +204,7 @@ class MixerLM(nn.Module):
         errors raised by the candidate's own code still surface as they would eagerly.
         Compiled code is cached per process and reused across models of the same class.
         """
-        import os
-        import tempfile
-
-        # the sandbox child has a scrubbed environment and an unnamed uid: give inductor and
-        # triton cache directories of their own instead of ones derived from the user name
-        # (set before importing dynamo, which resolves its cache directory on import)
-        scratch = os.path.join(tempfile.gettempdir(), "archdisco-compile")
-        os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", os.path.join(scratch, "inductor"))
-        os.environ.setdefault("TRITON_CACHE_DIR", os.path.join(scratch, "triton"))
+        compile_environment()
         import torch._dynamo
         torch._dynamo.config.suppress_errors = True
         # Pointwise kernels take inductor's heuristic launch config instead of benchmarking
@@ -231,6 +223,18 @@ class MixerLM(nn.Module):
 
     def mixer_parameters(self) -> int:
         return sum(p.numel() for b in self.blocks for p in b.mixer.parameters())
+
+
+def compile_environment() -> None:
+    """Cache directories for inductor and triton, set before torch._dynamo is first imported
+    (it resolves its cache directory on import): the sandbox child has a scrubbed environment
+    and an unnamed uid, so the defaults derived from the user name would not do."""
+    import os
+    import tempfile
+
+    scratch = os.path.join(tempfile.gettempdir(), "archdisco-compile")
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", os.path.join(scratch, "inductor"))
+    os.environ.setdefault("TRITON_CACHE_DIR", os.path.join(scratch, "triton"))
 
 
 def compiled_graphs() -> int:

@@ -157,9 +157,8 @@ def _train_step_fn(
     mixer: nn.Module, batch: int, seq_len: int, d_model: int, device: torch.device,
     dtype: torch.dtype, backward: bool = True,
 ) -> Callable[[], None]:
-    gen = torch.Generator(device="cpu").manual_seed(0)
-    x = torch.randn(batch, seq_len, d_model, generator=gen).to(device).requires_grad_(backward)
-    g = torch.randn(batch, seq_len, d_model, generator=gen).to(device)
+    x = _randn(0, device, batch, seq_len, d_model).requires_grad_(backward)
+    g = _randn(1, device, batch, seq_len, d_model)
 
     def step() -> None:
         if not backward:
@@ -174,6 +173,15 @@ def _train_step_fn(
         y.backward(g.to(y.dtype))
 
     return step
+
+
+def _randn(seed: int, device: torch.device, *shape: int) -> torch.Tensor:
+    """Standard normal inputs drawn on ``device`` itself: drawn on the CPU and copied, the
+    timing exponent's largest batch (64 x 16k x 256) took seconds of host time per point while
+    the GPU idled (rung-1 profile of softmax attention on an H200: 8.8 of its 21 s,
+    ``gpu_rung1.py cost --where``)."""
+    gen = torch.Generator(device=device).manual_seed(seed)
+    return torch.randn(*shape, generator=gen, device=device)
 
 
 def _state_nbytes(state: object) -> int:
@@ -195,9 +203,8 @@ class _Decoder:
     def __init__(self, mixer: nn.Module, options: ProfileOptions, device: torch.device,
                  dtype: torch.dtype):
         self.mixer, self.options, self.device, self.dtype = mixer, options, device, dtype
-        gen = torch.Generator(device="cpu").manual_seed(1)
         longest = max(options.decode_contexts) + options.decode_tokens
-        self.x = torch.randn(options.decode_batch, longest, options.d_model, generator=gen).to(device)
+        self.x = _randn(2, device, options.decode_batch, longest, options.d_model)
         self.state: object = None
         self.built_to = 0
 

@@ -12,6 +12,8 @@ Stages (options in ``StageSpec.options``):
 - ``threads``: reports torch's intra-op thread count;
 - ``planned``: reports how many stages the harness announced through ``plan`` and where this
   one stands among them;
+- ``warmed``: reports how many times ``warm`` (a preload function) ran in this process;
+- ``gpus``: reports ``CUDA_VISIBLE_DEVICES`` of the child (-1 when unset);
 - ``constraint``: fails with kind ``complexity`` when ``options["fail"]`` is true;
 - ``boom``: raises ``StageFailure(options["kind"])`` so tests can check kinds pass through.
 """
@@ -35,6 +37,14 @@ class Model:
 '''
 
 
+WARMED = [0]
+
+
+def warm() -> None:
+    """A preload function (``tests.sandbox.fake_task:warm``)."""
+    WARMED[0] += 1
+
+
 class FakeTask:
     name = "fake"
     description = "sandbox test task"
@@ -46,6 +56,9 @@ class FakeTask:
 
     def plan(self, stages: list[StageSpec], target: TargetSpec) -> None:
         self._planned = list(stages)
+
+    def preload(self, target: TargetSpec) -> tuple[str, ...]:
+        return ("torch", "tests.sandbox.fake_task:warm")
 
     def interface(self) -> str:
         return "class Model: __init__(self); forward(self, x) -> number"
@@ -102,6 +115,12 @@ class FakeTask:
         elif kind == "planned":
             metrics["planned"] = float(len(self._planned))
             metrics["position"] = float(self._planned.index(stage))
+        elif kind == "warmed":
+            metrics["warmed"] = float(WARMED[0])
+        elif kind == "gpus":
+            import os
+
+            metrics["gpus"] = float(os.environ.get("CUDA_VISIBLE_DEVICES", "-1"))
         elif kind == "constraint":
             if stage.options.get("fail"):
                 raise StageFailure(FailureKind.COMPLEXITY, "constraint violated", {"exponent": 2.0})

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import time
 
+import pytest
+
 from evaluator.types import StageSpec
 from sandbox import SandboxPool, evaluate, set_default_pool
 from sandbox.api import EvalRequest, SandboxLimits
@@ -50,3 +52,35 @@ def test_closing_the_pool_kills_its_idle_children() -> None:
     for child in children:
         assert not child.alive()
         assert find_strays(uid=child.uid, marker=f"ARCHDISCO_SANDBOX_RUN={child.marker}") == []
+
+
+def _metric(outcome, stage: str, name: str) -> float:  # type: ignore[no-untyped-def]
+    assert outcome.ok, outcome.first_failure
+    return next(r for r in outcome.results if r.stage == stage).metrics[name]
+
+
+def test_a_preload_function_runs_in_the_child_before_the_request() -> None:
+    request = REQUEST.model_copy(update={"stages": [StageSpec(name="warmed", timeout_s=10)]})
+    with SandboxPool(1, preload=("torch", "tests.sandbox.fake_task:warm")) as pool:
+        assert pool.wait_warm(120)
+        warmed = pool.evaluate(request, SandboxLimits())
+    with SandboxPool(1) as pool:  # torch alone
+        plain = pool.evaluate(request, SandboxLimits())
+    assert _metric(warmed, "warmed", "warmed") == 1.0
+    assert _metric(plain, "warmed", "warmed") == 0.0
+
+
+def test_children_see_their_gpus_and_a_stale_warm_child_is_not_used(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    request = REQUEST.model_copy(update={"stages": [StageSpec(name="gpus", timeout_s=10)]})
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3")
+    assert _metric(evaluate(request, SandboxLimits()), "gpus", "gpus") == 3.0  # a cold child
+    with SandboxPool(1) as pool:
+        assert pool.wait_warm(120)
+        stale = pool._ready[0]
+        # a scheduler (Ray) gives the next task another GPU: the child warmed for GPU 3 is
+        # discarded, and a fresh one started under the new assignment serves the request
+        monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "5")
+        outcome = pool.evaluate(request, SandboxLimits())
+        assert not stale.alive()
+    assert _metric(outcome, "gpus", "gpus") == 5.0

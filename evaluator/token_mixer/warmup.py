@@ -1,0 +1,56 @@
+"""Warm-up of a pooled sandbox child that will evaluate a token mixer on a GPU.
+
+``TokenMixerTask.preload`` names ``cuda`` for ``cuda`` targets; the sandbox child calls it
+after its isolation is in place and before it receives a request, so no candidate code exists
+in the process yet (``sandbox.runner``). A warm pool starts the next child while the current
+evaluation runs (``sandbox.pool``), so this one-time process set-up leaves the evaluation's
+critical path, where the GPU idles through it. Measured on an H200 with
+``benchmarks/gpu_rung1.py cost softmax_attention --where`` (rung 1 in-process, fresh
+process): importing ``torch._dynamo`` / ``torch._inductor`` on the first fused AdamW (5.3 s)
+and the first ``torch.compile`` (3.2 s) were idle GPU time, as were the CUDA context and
+library initialisation inside the first capture.
+
+What it does: imports the stages' modules, initialises the CUDA context and cuBLAS (a bf16
+GEMM under autocast), builds a capturable fused AdamW (which imports torch._dynamo and
+torch._inductor) and compiles one tiny elementwise function with the options the mixers are
+compiled with, which loads Triton and inductor's code generation. The compiled code is of a
+function of this module's, in this child's private cache directory: nothing of it reaches a
+candidate's compile except warm imports.
+
+It never raises: a GPU that fails here fails the stage later, with the stage's own failure
+kind and message.
+"""
+
+from __future__ import annotations
+
+import sys
+
+
+def cuda() -> None:
+    """Warm this process for CUDA stages (see the module docstring)."""
+    try:
+        import torch
+
+        from evaluator.token_mixer import lm, mqar, profile  # noqa: F401 - the stages' code
+        from evaluator.token_mixer.model import COMPILE_OPTIONS, compile_environment
+        from evaluator.token_mixer.training import build_optimizer
+
+        if not torch.cuda.is_available():
+            return
+        compile_environment()
+        device = torch.device("cuda")
+        x = torch.randn(256, 256, device=device)
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            x = x @ x
+        layer = torch.nn.Linear(256, 256, device=device)
+        build_optimizer(layer, torch.zeros((), device=device), 0.0, (0.9, 0.98), device,
+                        capturable=True)
+        fn = torch.compile(_pointwise, dynamic=False, options=dict(COMPILE_OPTIONS))
+        fn(x.float())
+        torch.cuda.synchronize(device)
+    except Exception as exc:  # noqa: BLE001 - the stage reports a broken GPU itself
+        print(f"archdisco: CUDA warm-up skipped ({type(exc).__name__}: {exc})", file=sys.stderr)
+
+
+def _pointwise(x):  # type: ignore[no-untyped-def]
+    return x * x.sigmoid() + 1.0

@@ -1,0 +1,32 @@
+"""The CUDA warm-up a pooled sandbox child runs for token-mixer GPU targets."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from evaluator.token_mixer import warmup
+
+
+def test_a_failing_warm_up_says_so_and_never_raises(monkeypatch: pytest.MonkeyPatch,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    def broken(*args, **kwargs):  # type: ignore[no-untyped-def]
+        raise RuntimeError("CUDA error: no kernel image is available")
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch, "randn", broken)
+    warmup.cuda()  # must not raise: the stage reports a broken GPU with its own failure kind
+    assert "CUDA warm-up skipped (RuntimeError: CUDA error" in capsys.readouterr().err
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_the_warm_up_loads_the_compile_machinery_and_initialises_cuda() -> None:
+    code = ("import sys, torch; from evaluator.token_mixer import warmup; warmup.cuda(); "
+            "print(torch.cuda.is_initialized(), all(m in sys.modules for m in "
+            "('torch._dynamo', 'torch._inductor.compile_fx', 'triton')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.stdout.split() == ["True", "True"], out.stderr[-2000:]
