@@ -37,7 +37,7 @@ from torch.nn import functional as F
 
 from evaluator.token_mixer.model import (
     MixerCompiler, MixerFactory, MixerLM, ModelConfig, autocast_context, prewarm, seeded,
-    compiling, synchronize, take_prewarmed,
+    compiling, synchronize, take_prewarmed, wait_for_compilers,
 )
 from evaluator.token_mixer.training import CompileSwitch, OptimConfig, Trainer
 from evaluator.types import FailureKind, StageFailure
@@ -78,6 +78,8 @@ class LMOptions(BaseModel):
     val_fraction: float = Field(default=0.1, gt=0.0, lt=1.0)
     cuda_graph: bool = True  # on CUDA, replay a captured graph of the step (training.py)
     compile: bool = True  # on CUDA, train the mixers through torch.compile (see run_lm)
+    # set up while a compile works: train eagerly until it can capture; False: wait for it
+    defer_capture: bool = True
     reduced: bool = False
 
     @model_validator(mode="after")
@@ -289,7 +291,9 @@ def run_lm(
     compiler = take_prewarmed(_compile_key(make_mixer, options, device, dtype)) if use_compile else None
     prewarmed = compiler is not None
     # no capture while a compiler launches kernels: train the step eagerly until it is done
-    deferred = compiling()
+    # (or, with defer_capture off, wait for it with the device idle)
+    deferred = options.defer_capture and compiling()
+    wait_s = 0.0 if options.defer_capture else wait_for_compilers()
     with seeded(seed, device):
         model = MixerLM(model_config(options), make_mixer).to(device)
     compiled = compiler is not None and compiler.ok
@@ -358,6 +362,7 @@ def run_lm(
             "lm_compiled": float(switch.compiled),  # the mixers ended up training compiled
             "lm_prewarmed": float(prewarmed),  # compiled by an earlier stage
             "lm_capture_deferred": float(deferred),  # trained eagerly until a compile was done
+            "lm_compile_wait_s": wait_s,  # waited for a compile (defer_capture off)
             "lm_eager_steps": float(switch.eager_steps),
             "lm_switch_s": switch_s,
         })

@@ -60,7 +60,7 @@ from torch.nn import functional as F
 
 from evaluator.token_mixer.model import (
     MixerCompiler, MixerFactory, MixerLM, ModelConfig, autocast_context, compiled_graphs,
-    compiling, seeded, synchronize,
+    compiling, seeded, synchronize, wait_for_compilers,
 )
 from evaluator.token_mixer.training import CompileSwitch, OptimConfig, Trainer
 from evaluator.types import FailureKind, StageFailure
@@ -134,6 +134,9 @@ class MQAROptions(BaseModel):
     sweep_cut: float | None = Field(default=None, gt=0.0, le=1.0)
     cuda_graph: bool = True  # on CUDA, replay a captured graph of the step (training.py)
     compile: bool = True  # on CUDA, train through torch.compile'd mixers (MixerLM.compile_mixers)
+    # a run set up while a compile works trains eagerly until it can capture (see Run);
+    # False: it waits for the compile with the device idle
+    defer_capture: bool = True
     reduced: bool = False  # set by cpu_fallback(): reported as mqar_reduced=1
 
     @model_validator(mode="after")
@@ -293,6 +296,7 @@ class RunResult:
     eval_s: float = 0.0  # held-out evaluation after training
     eager_steps: int = 0  # steps trained with eager mixers while a compiler was at work
     deferred: bool = False  # the capture waited for a compile on another thread (see Run)
+    wait_s: float = 0.0  # of setup_s: waiting for a compile before capturing (defer_capture off)
     capture_s: float = 0.0  # of setup_s: building the trainer (warm-up steps and capture)
 
     def rank_key(self) -> tuple[float, float]:
@@ -370,7 +374,9 @@ class Run:
     ):
         t0 = time.perf_counter()
         self.options, self.test, self.lr, self.device, self.dtype = options, test, lr, device, dtype
-        self.deferred = compiling()  # no capture while a compiler launches kernels
+        # no capture while a compiler launches kernels: train eagerly until then, or wait
+        self.deferred = options.defer_capture and compiling()
+        self.wait_s = 0.0 if options.defer_capture else wait_for_compilers()
         with seeded(seed, device):
             model = MixerLM(options.model_config_for(), make_mixer).to(device)
         compiled = compiler is not None and compiler.ok
@@ -480,7 +486,7 @@ class Run:
         finite = self.finite and math.isfinite(loss)
         return RunResult(self.lr, acc, finite, self.step, self.wall_s, tuple(self.windows),
                          self.trainer.graphed, loss, self.setup_s, self.eval_s,
-                         self.switch.eager_steps, self.deferred, self.capture_s)
+                         self.switch.eager_steps, self.deferred, self.wait_s, self.capture_s)
 
 
 def generate_data(options: MQAROptions, setting: MQARSetting, seed: int) -> tuple[MQARData, MQARData]:
@@ -607,7 +613,7 @@ def _run_settings(
     best_losses: list[float] = []
     windows: list[float] = []
     total_steps = nonfinite = graphed = runs = eager_steps = 0
-    data_s = setup_s = eval_s = capture_s = 0.0
+    data_s = setup_s = eval_s = capture_s = wait_s = 0.0
     deferred = 0
     graphs_before = compiled_graphs()
     settings = list(options.settings)
@@ -632,6 +638,7 @@ def _run_settings(
             windows.extend(run.window_step_ms)
             setup_s += run.setup_s
             deferred += run.deferred
+            wait_s += run.wait_s
             capture_s += run.capture_s
             eval_s += run.eval_s
             if not run.finite:
@@ -664,6 +671,7 @@ def _run_settings(
     metrics["mqar_eval_s"] = eval_s
     metrics["mqar_capture_s"] = capture_s  # of setup: building trainers (warm-up and capture)
     metrics["mqar_deferred_captures"] = float(deferred)  # runs that trained eagerly until a compile was done
+    metrics["mqar_compile_wait_s"] = wait_s  # of setup: waiting for a compile (defer_capture off)
     if compiler is not None:
         compiler.wait()
         metrics["mqar_eager_steps"] = float(eager_steps)  # trained before compiled mixers took over
