@@ -37,7 +37,7 @@ from torch.nn import functional as F
 
 from evaluator.token_mixer.model import (
     MixerCompiler, MixerFactory, MixerLM, ModelConfig, autocast_context, prewarm, seeded,
-    compiling, synchronize, take_prewarmed, wait_for_compilers,
+    synchronize, take_prewarmed, wait_for_compilers,
 )
 from evaluator.token_mixer.training import CompileSwitch, OptimConfig, Trainer
 from evaluator.types import FailureKind, StageFailure
@@ -78,8 +78,6 @@ class LMOptions(BaseModel):
     val_fraction: float = Field(default=0.1, gt=0.0, lt=1.0)
     cuda_graph: bool = True  # on CUDA, replay a captured graph of the step (training.py)
     compile: bool = True  # on CUDA, train the mixers through torch.compile (see run_lm)
-    # set up while a compile works: train eagerly until it can capture; False: wait for it
-    defer_capture: bool = True
     reduced: bool = False
 
     @model_validator(mode="after")
@@ -271,9 +269,8 @@ def run_lm(
     """Train the byte-level LM around the mixer and report validation loss / bits per byte.
 
     On CUDA with ``compile`` (the default) the mixers train through ``torch.compile``: from
-    the first step when an earlier stage compiled them already (``prewarm_lm``; while that
-    compile is still at work, the step trains eagerly and is captured compiled once it is
-    done, ``lm_capture_deferred``), otherwise by compiling on a
+    the first step when an earlier stage compiled them already (``prewarm_lm``; the stage
+    waits for that compile to finish, ``lm_compile_wait_s``), otherwise by compiling on a
     worker thread while the first steps train eagerly and switching once it is done
     (``CompileSwitch``, as the MQAR stage does; ``lm_eager_steps``). Gated DeltaNet at the
     rung-1 shapes on an H100: 13.9 s of compiled training against 30.3 s eager
@@ -290,10 +287,7 @@ def run_lm(
     use_compile = _compiles(options, device)
     compiler = take_prewarmed(_compile_key(make_mixer, options, device, dtype)) if use_compile else None
     prewarmed = compiler is not None
-    # no capture while a compiler launches kernels: train the step eagerly until it is done
-    # (or, with defer_capture off, wait for it with the device idle)
-    deferred = options.defer_capture and compiling()
-    wait_s = 0.0 if options.defer_capture else wait_for_compilers()
+    wait_s = wait_for_compilers()  # no capture (or timing) while a compiler launches kernels
     with seeded(seed, device):
         model = MixerLM(model_config(options), make_mixer).to(device)
     compiled = compiler is not None and compiler.ok
@@ -319,8 +313,7 @@ def run_lm(
         warmup_frac=options.warmup_frac, min_lr_ratio=options.min_lr_ratio,
         grad_clip=options.grad_clip,
     )
-    trainer = Trainer(model, loss_fn, optim, device, dtype, offsets, options.cuda_graph,
-                      defer_capture=deferred)
+    trainer = Trainer(model, loss_fn, optim, device, dtype, offsets, options.cuda_graph)
     if use_compile and compiler is None:
         compiler = _start_compile(make_mixer, options, device, dtype, seed, register=False)
     switch = CompileSwitch(model, trainer, compiler, device, compiled)
@@ -361,8 +354,7 @@ def run_lm(
         metrics.update({
             "lm_compiled": float(switch.compiled),  # the mixers ended up training compiled
             "lm_prewarmed": float(prewarmed),  # compiled by an earlier stage
-            "lm_capture_deferred": float(deferred),  # trained eagerly until a compile was done
-            "lm_compile_wait_s": wait_s,  # waited for a compile (defer_capture off)
+            "lm_compile_wait_s": wait_s,
             "lm_eager_steps": float(switch.eager_steps),
             "lm_switch_s": switch_s,
         })

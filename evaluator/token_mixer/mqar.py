@@ -134,9 +134,6 @@ class MQAROptions(BaseModel):
     sweep_cut: float | None = Field(default=None, gt=0.0, le=1.0)
     cuda_graph: bool = True  # on CUDA, replay a captured graph of the step (training.py)
     compile: bool = True  # on CUDA, train through torch.compile'd mixers (MixerLM.compile_mixers)
-    # a run set up while a compile works trains eagerly until it can capture (see Run);
-    # False: it waits for the compile with the device idle
-    defer_capture: bool = True
     reduced: bool = False  # set by cpu_fallback(): reported as mqar_reduced=1
 
     @model_validator(mode="after")
@@ -295,8 +292,7 @@ class RunResult:
     setup_s: float = 0.0  # model build, graph capture (and a switch to compiled mixers)
     eval_s: float = 0.0  # held-out evaluation after training
     eager_steps: int = 0  # steps trained with eager mixers while a compiler was at work
-    deferred: bool = False  # the capture waited for a compile on another thread (see Run)
-    wait_s: float = 0.0  # of setup_s: waiting for a compile before capturing (defer_capture off)
+    wait_s: float = 0.0  # of setup_s: waiting for a compiler to finish before capturing
     capture_s: float = 0.0  # of setup_s: building the trainer (warm-up steps and capture)
 
     def rank_key(self) -> tuple[float, float]:
@@ -357,14 +353,8 @@ class Run:
     between); most of the slow-down went only when autotuning went
     (``model.COMPILE_OPTIONS``: 30.9 s).
 
-    A run set up while a compiler is at work (its own sweep's, or another stage's) cannot
-    capture its step yet: it trains the same step eagerly and captures it at the first window
-    boundary after the compile (``Trainer(defer_capture=True)``, ``CompileSwitch``), instead
-    of idling the device until the compile is done (``RunResult.deferred``).
-
-    ``after_setup`` is called once the run's capture is settled (recorded, or known to be
-    impossible), before the steps that follow it (the MQAR stage starts compiling the LM
-    stage's shapes there, ``run_mqar``: no capture of this run can collide with it).
+    ``after_setup`` is called once the step is captured and before training starts (the MQAR
+    stage starts compiling the LM stage's shapes there, ``run_mqar``).
     """
 
     def __init__(
@@ -374,9 +364,7 @@ class Run:
     ):
         t0 = time.perf_counter()
         self.options, self.test, self.lr, self.device, self.dtype = options, test, lr, device, dtype
-        # no capture while a compiler launches kernels: train eagerly until then, or wait
-        self.deferred = options.defer_capture and compiling()
-        self.wait_s = 0.0 if options.defer_capture else wait_for_compilers()
+        self.wait_s = wait_for_compilers()  # no capture while a compiler launches kernels
         with seeded(seed, device):
             model = MixerLM(options.model_config_for(), make_mixer).to(device)
         compiled = compiler is not None and compiler.ok
@@ -403,14 +391,14 @@ class Run:
             grad_clip=options.grad_clip,
         )
         t_capture = time.perf_counter()
-        self.trainer = Trainer(model, loss_fn, config, device, dtype, order, options.cuda_graph,
-                               defer_capture=self.deferred)
+        self.trainer = Trainer(model, loss_fn, config, device, dtype, order, options.cuda_graph)
         self.capture_s = time.perf_counter() - t_capture
         if compiler is not None and not compiler.started:
             with seeded(seed, device):
                 scratch = MixerLM(options.model_config_for(), make_mixer).to(device)
             compiler.start(scratch, train.inputs[order[0]], dtype)
-        self._after_setup = after_setup
+        if after_setup is not None:
+            after_setup()
         self.model = model
         self.switch = CompileSwitch(model, self.trainer, compiler, device, compiled)
         self.windows: list[float] = []
@@ -419,16 +407,9 @@ class Run:
         self.stopped = False  # stopped early (accuracy reached early_stop_acc, or non-finite)
         self.eval_s = 0.0
         self._scored: tuple[int, float, float] | None = None  # (step, accuracy, loss)
-        self._settled()
         synchronize(device)
         self.setup_s = time.perf_counter() - t0
         self.wall_s = self.setup_s
-
-    def _settled(self) -> None:
-        """Call ``after_setup`` once nothing is left to capture."""
-        if self._after_setup is not None and not self.trainer.capture_pending:
-            hook, self._after_setup = self._after_setup, None
-            hook()
 
     @property
     def over(self) -> bool:
@@ -460,7 +441,6 @@ class Run:
                     break
                 # outside the timed windows
                 self.setup_s += self.switch.boundary(self.step < options.steps)
-                self._settled()
                 win_t, win_steps = time.perf_counter(), 0
         self.wall_s += time.perf_counter() - t0
 
@@ -486,7 +466,7 @@ class Run:
         finite = self.finite and math.isfinite(loss)
         return RunResult(self.lr, acc, finite, self.step, self.wall_s, tuple(self.windows),
                          self.trainer.graphed, loss, self.setup_s, self.eval_s,
-                         self.switch.eager_steps, self.deferred, self.wait_s, self.capture_s)
+                         self.switch.eager_steps, self.wait_s, self.capture_s)
 
 
 def generate_data(options: MQAROptions, setting: MQARSetting, seed: int) -> tuple[MQARData, MQARData]:
@@ -561,9 +541,8 @@ def _sweep(
     only the best (held-out accuracy, then loss) trains on to the end; once a run scores
     ``stop_sweep_at`` only that run trains on (if it was cut). The others are reported as
     they stood at the cut. A run that started a compile trains past the cut
-    until the compile is done, so that the next run is captured compiled from its start
-    instead of training without a graph until the switch (the others are then cut at the
-    same step). ``last_hook`` is the ``after_setup`` of the last run of
+    until the compile is done, since the next run could not be captured before (the others
+    are then cut at the same step). ``last_hook`` is the ``after_setup`` of the last run of
     the sweep: no capture follows it in this sweep.
     """
     lrs = list(options.lrs)
@@ -613,8 +592,7 @@ def _run_settings(
     best_losses: list[float] = []
     windows: list[float] = []
     total_steps = nonfinite = graphed = runs = eager_steps = 0
-    data_s = setup_s = eval_s = capture_s = wait_s = 0.0
-    deferred = 0
+    data_s = setup_s = eval_s = wait_s = capture_s = 0.0
     graphs_before = compiled_graphs()
     settings = list(options.settings)
     prefetch = device.type == "cuda"  # a CPU device needs its cores for the steps
@@ -637,7 +615,6 @@ def _run_settings(
             graphed += run.graphed
             windows.extend(run.window_step_ms)
             setup_s += run.setup_s
-            deferred += run.deferred
             wait_s += run.wait_s
             capture_s += run.capture_s
             eval_s += run.eval_s
@@ -670,8 +647,7 @@ def _run_settings(
     metrics["mqar_setup_s"] = setup_s
     metrics["mqar_eval_s"] = eval_s
     metrics["mqar_capture_s"] = capture_s  # of setup: building trainers (warm-up and capture)
-    metrics["mqar_deferred_captures"] = float(deferred)  # runs that trained eagerly until a compile was done
-    metrics["mqar_compile_wait_s"] = wait_s  # of setup: waiting for a compile (defer_capture off)
+    metrics["mqar_compile_wait_s"] = wait_s  # of setup: a compile still at work before a capture
     if compiler is not None:
         compiler.wait()
         metrics["mqar_eager_steps"] = float(eager_steps)  # trained before compiled mixers took over

@@ -92,19 +92,11 @@ class Trainer:
     device tables through a step counter on the device, so a step is one graph replay: the
     host does almost nothing per step (and holds the GIL for a moment only, which matters
     while another thread compiles).
-
-    ``defer_capture`` (CUDA graphs only) builds the capturable optimizer and the device tables
-    but records no graph yet: the steps run the same body eagerly until ``recapture`` records
-    it (``capture_pending`` until then). A trainer built while a ``MixerCompiler`` works on
-    another thread must not capture (the compiler launches kernels); deferring lets it train
-    instead of leaving the device idle until the compile is done (``CompileSwitch`` captures
-    at the first window boundary after it).
     """
 
     def __init__(
         self, model: nn.Module, loss_fn: LossFn, config: OptimConfig, device: torch.device,
         dtype: torch.dtype, batches: torch.Tensor, cuda_graph: bool = True,
-        defer_capture: bool = False,
     ):
         if batches.shape[0] < config.steps:
             raise ValueError(f"batches holds {batches.shape[0]} steps, the schedule {config.steps}")
@@ -120,20 +112,15 @@ class Trainer:
         self.graph: torch.cuda.CUDAGraph | None = None
         self._lr: torch.Tensor | None = None
         self._next = 0  # the step index the next call must have
-        self.capture_pending = False  # capturable, graph still to record (defer_capture)
         if cuda_graph and device.type == "cuda" and self.scaler is None:
-            self._capturable()
-            if defer_capture:
-                self.capture_pending = True
-            else:
-                try:
-                    self.graph = self._record()
-                except Exception as exc:  # not capturable: train eagerly
-                    log.info("CUDA graph capture failed (%s: %s); training eagerly",
-                             type(exc).__name__, str(exc)[:200])
-                    self._lr = None
-                    torch.cuda.synchronize(device)
-        if self._lr is None:  # plain eager training
+            try:
+                self._capture()
+            except Exception as exc:  # not capturable: train eagerly
+                log.info("CUDA graph capture failed (%s: %s); training eagerly",
+                         type(exc).__name__, str(exc)[:200])
+                self.graph, self._lr = None, None
+                torch.cuda.synchronize(device)
+        if self.graph is None:
             self.opt = build_optimizer(model, config.lr, config.weight_decay, config.betas, device)
             for p in self.params:
                 p.grad = None
@@ -174,9 +161,9 @@ class Trainer:
         self._body()
         self._index += 1
 
-    def _capturable(self) -> None:
-        """The capturable optimizer (its learning rate a device tensor) and the device tables
-        a captured step reads; the step body runs on them eagerly as well."""
+    def _capture(self) -> None:
+        """Build a capturable optimizer and the device tables, record the step, then zero the
+        optimizer state the warm-up created, so training starts fresh."""
         steps = self.config.steps
         self._lrs = torch.tensor([self.config.lr * self.schedule(i) for i in range(steps)],
                                  dtype=torch.float32, device=self.device)
@@ -184,17 +171,19 @@ class Trainer:
         self._lr = torch.zeros((), device=self.device)
         self.opt = build_optimizer(self.model, self._lr, self.config.weight_decay,
                                    self.config.betas, self.device, capturable=True)
+        self.graph = self._record()
+        for value in self._optimizer_tensors():  # AdamW's moments and step counts start at 0
+            value.zero_()
+        torch.cuda.synchronize(self.device)
 
     def _record(self) -> torch.cuda.CUDAGraph:
         """Warm up on a side stream, then capture one step. The warm-up really steps: the
         parameters, the optimizer state that exists, the accumulators and the step counter are
-        put back afterwards (also when capturing fails), and optimizer state the warm-up
-        created (AdamW's moments before any real step) is zeroed, so training goes on exactly
-        where it stood."""
+        put back afterwards (also when capturing fails)."""
         torch.cuda.synchronize(self.device)  # nothing in flight
-        existing = self._optimizer_tensors()
         saved = [(v, v.detach().clone()) for v in
-                 [*self.params, *existing, self.loss_sum, self.correct_sum, self._index]]
+                 [*self.params, *self._optimizer_tensors(), self.loss_sum, self.correct_sum,
+                  self._index]]
         try:
             stream = torch.cuda.Stream(self.device)
             stream.wait_stream(torch.cuda.current_stream(self.device))
@@ -217,10 +206,6 @@ class Trainer:
             with torch.no_grad():
                 for value, copy in saved:
                     value.copy_(copy)
-                known = {id(v) for v in existing}
-                for value in self._optimizer_tensors():
-                    if id(value) not in known:
-                        value.zero_()
             torch.cuda.synchronize(self.device)
 
     def _optimizer_tensors(self) -> list[torch.Tensor]:
@@ -228,18 +213,16 @@ class Trainer:
                 if isinstance(v, torch.Tensor)]
 
     def recapture(self) -> bool:
-        """Record the step (again) with the model's current code (e.g. its mixers swapped for
-        compiled ones, or a deferred capture), keeping the training state. False when the
-        code cannot be captured: the previous graph is kept, and a deferred capture stays
-        pending. Plain eager trainers have nothing to do."""
-        if self._lr is None:
+        """Record the step again after the model's code changed (e.g. its mixers were swapped
+        for compiled ones), keeping the training state. False, with the previous graph kept,
+        when the new code cannot be captured. Eager trainers have nothing to do."""
+        if self.graph is None:
             return True
         try:
             self.graph = self._record()
-        except Exception as exc:  # not capturable: keep what was there
+        except Exception as exc:  # not capturable: keep the old graph
             log.info("CUDA graph recapture failed (%s: %s)", type(exc).__name__, str(exc)[:200])
             return False
-        self.capture_pending = False
         return True
 
     def step(self, index: int) -> None:
@@ -249,10 +232,6 @@ class Trainer:
         self._next += 1
         if self.graph is not None:
             self.graph.replay()
-            return
-        if self._lr is not None:  # capturable, not (yet) captured: the same body, eagerly
-            self._graph_body()
-            self.opt.zero_grad(set_to_none=True)
             return
         for group in self.opt.param_groups:
             group["lr"] = self.config.lr * self.schedule(index)
@@ -285,13 +264,10 @@ class CompileSwitch:
     boundary (after its host synchronisation). While any compiler of the process is at work
     on a CUDA device, ``after_step`` keeps at most ``queue`` steps in flight, so the
     synchronisations the compiler makes do not wait behind a deep queue of replays. At the
-    first boundary after ``compiler`` is done (and no other compiler works), ``boundary``
-    swaps in the compiled mixers and records the step again (``Trainer.recapture``:
-    parameters, AdamW state and accumulators are kept); when the compiled step cannot be
-    captured the mixers go back to eager and the compiler is rejected. A trainer whose
-    capture was deferred (``Trainer.capture_pending``) is captured at that boundary too, with
-    whichever mixers it then runs. Without a compiler (or with one that failed) only the
-    pacing and a deferred capture apply.
+    first boundary after ``compiler`` is done, ``boundary`` swaps in the compiled mixers and
+    records the step again (``Trainer.recapture``: parameters, AdamW state and accumulators
+    are kept); when the compiled step cannot be captured the mixers go back to eager and the
+    compiler is rejected. Without a compiler (or with one that failed) only the pacing applies.
     """
 
     def __init__(self, model: MixerLM, trainer: Trainer, compiler: MixerCompiler | None,
@@ -312,22 +288,19 @@ class CompileSwitch:
                 self._events.popleft().synchronize()
 
     def boundary(self, more_steps: bool) -> float:
-        """Switch if the compiler is done and steps remain (and capture a deferred step); the
-        seconds it took."""
+        """Switch if the compiler is done and steps remain; the seconds the switch took."""
         t0 = time.perf_counter()
         compiler = self.compiler
         # (a capture must not overlap another compiler's kernel launches: wait for a later
         # boundary while one is still at work)
-        if more_steps and not compiling():
-            if not self.compiled and compiler is not None and compiler.ok:
+        if not self.compiled and compiler is not None and compiler.done() and not compiling():
+            if compiler.ok and more_steps:
                 self.model.compile_mixers(compiler.backend)
                 if self.trainer.recapture():
                     self.compiled = True
                 else:
                     self.model.eager_mixers()
                     compiler.reject("the compiled mixers cannot be captured in a CUDA graph")
-            if self.trainer.capture_pending and not self.trainer.recapture():
-                self.trainer.capture_pending = False  # not capturable: eager from here on
         self.pace = self.cuda and compiling()
         if not self.pace:
             self._events.clear()
