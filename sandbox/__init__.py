@@ -59,7 +59,7 @@ from evaluator.types import Task
 from sandbox.api import EvalOutcome, EvalRequest, SandboxLimits
 from sandbox.launcher import IsolationConfig, SandboxError, run_evaluation
 from sandbox.policy import PolicyViolation, check
-from sandbox.pool import SandboxPool
+from sandbox.pool import DEFAULT_PRELOAD, SandboxPool
 
 __all__ = [
     "EvalOutcome", "EvalRequest", "IsolationConfig", "PolicyViolation", "SandboxError",
@@ -89,9 +89,7 @@ def configure_pool(size: int | None, preload: tuple[str, ...] | None = None) -> 
     before its request (a task's ``preload(target)``). The pool is closed (its idle children
     killed) at interpreter exit."""
     global _atexit_registered
-    new = None
-    if size:
-        new = SandboxPool(size) if preload is None else SandboxPool(size, preload=preload)
+    new = SandboxPool(size, preload=preload or DEFAULT_PRELOAD) if size else None
     previous = set_default_pool(new)
     if previous is not None:
         previous.close()

@@ -43,8 +43,8 @@ GPU_ENV = ("CUDA_VISIBLE_DEVICES", "CUDA_DEVICE_ORDER")
 # dropped, and secret-looking names are dropped even if they match.
 ENV_ALLOW_EXACT = frozenset({"PATH", "LANG", "LANGUAGE", "TZ", "TERM", "PYTHONHASHSEED",
                              "SOURCE_DATE_EPOCH",
-                             # the GPUs a scheduler (Ray) gave this evaluation, and how to
-                             # number them: without these a child would use every GPU's first
+                             # the GPUs a scheduler (Ray) gave this evaluation and how to
+                             # number them: without them every child runs on the first GPU
                              *GPU_ENV,
                              # NVLink multicast kept off where the host turns it off
                              "NCCL_NVLS_ENABLE", "TORCH_SYMM_MEM_DISABLE_MULTICAST",

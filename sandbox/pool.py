@@ -17,10 +17,9 @@ fires when the thread that forked a child exits), so it lives as long as the poo
 from __future__ import annotations
 
 import collections
+import os
 import threading
 import time
-
-import os
 
 from sandbox.api import EvalOutcome, EvalRequest, SandboxLimits
 from sandbox.isolation import gpu_assignment

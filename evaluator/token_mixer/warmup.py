@@ -17,8 +17,9 @@ compiled with, which loads Triton and inductor's code generation. The compiled c
 function of this module's, in this child's private cache directory: nothing of it reaches a
 candidate's compile except warm imports.
 
-It never raises: a GPU that fails here fails the stage later, with the stage's own failure
-kind and message.
+The price: the waiting child holds a CUDA context (a few hundred MB of device memory) until
+its request comes. It never raises: a GPU that fails here fails the stage later, with the
+stage's own failure kind and message.
 """
 
 from __future__ import annotations
