@@ -245,10 +245,12 @@ def _sandboxed(task, name: str, target: TargetSpec, samples: list[tuple[float, i
         t_ready = time.monotonic()
         rows.append(("(warm-up)", True, t_ready - t0, *_busy(samples, t0, t_ready)))
     t0 = time.monotonic()
-    outcome = pool.evaluate(request, limits) if pool is not None else run_evaluation(request, limits)
-    t_end = time.monotonic()
-    if pool is not None:
-        pool.close()
+    try:
+        outcome = pool.evaluate(request, limits) if pool is not None else run_evaluation(request, limits)
+        t_end = time.monotonic()
+    finally:
+        if pool is not None:
+            pool.close()  # its refill child too (not timed)
     if not outcome.ok:
         print("sandboxed evaluation failed:", outcome.first_failure, "\n", outcome.log_tail[-3000:])
     stage_wall = sum(r.wall_s for r in outcome.results)

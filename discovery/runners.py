@@ -21,6 +21,7 @@ from typing import Any, Protocol
 
 from evaluator.types import TargetSpec
 from sandbox.api import EvalOutcome, EvalRequest, SandboxLimits
+from sandbox.pool import DEFAULT_PRELOAD
 
 
 @dataclass(frozen=True)
@@ -67,9 +68,10 @@ def wants_warm_pool(setting: str | None, device: str) -> bool:
 
 
 def task_preload(task: Any, target: TargetSpec) -> tuple[str, ...]:
-    """What a warm child loads for ``task`` on ``target`` (``Task.preload``; default torch)."""
+    """What a warm child loads for ``task`` on ``target`` (``Task.preload``, else the pool's
+    default)."""
     preload = getattr(task, "preload", None)
-    return tuple(preload(target)) if callable(preload) else ("torch",)
+    return tuple(preload(target)) if callable(preload) else DEFAULT_PRELOAD
 
 
 def evaluate_job(request_json: str, limits_json: str) -> str:
