@@ -254,7 +254,7 @@ class TokenMixerTask:
         """What a pooled sandbox child loads before its request (see ``Task``): torch, and for
         a GPU target the CUDA warm-up (``warmup.cuda``: compile machinery, CUDA context)."""
         if target.device == "cuda":
-            return ("torch", "evaluator.token_mixer.warmup:cuda")
+            return ("torch", f"evaluator.token_mixer.warmup:cuda_{target.dtype}")
         return ("torch",)
 
     def plan(self, stages: list[StageSpec], target: TargetSpec) -> None:

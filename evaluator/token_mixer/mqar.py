@@ -44,12 +44,14 @@ as ``mqar_reduced=1``).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
+import os
 import statistics
 import time
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -71,6 +73,9 @@ IGNORE_INDEX = -100
 # another thread holds for up to 5 ms at a time (docs/PERFORMANCE.md, rung-1 cost); fewer,
 # larger batches need fewer launches and give the same scores (sequences are independent)
 EVAL_BATCH = 1024
+# intra-op threads for drawing the first setting's data on a CUDA run, where the device idles
+# until they exist (the harness gives a child one thread, one evaluation per core on a CPU)
+DATA_THREADS = 4
 log = logging.getLogger(__name__)
 
 
@@ -205,16 +210,23 @@ class MQAROptions(BaseModel):
 
 @dataclass(frozen=True)
 class MQARData:
-    """``inputs``/``labels`` (N, T) as Zoology defines them, plus the K query positions and the
-    values expected there (N, K), which the training loop uses to score only those positions."""
+    """MQAR sequences as Zoology defines them: ``inputs`` (N, T), the K query positions of each
+    and the values expected there (N, K), which the training loop uses to score only those
+    positions. ``labels`` (N, T; -100 off the queries) is derived on demand: training and
+    scoring never need it, and leaving it out saves its generation and its copy to the device
+    (200 MB at rung 1's 100k x 256)."""
 
     inputs: torch.Tensor
-    labels: torch.Tensor
     query_pos: torch.Tensor
     query_val: torch.Tensor
 
+    @property
+    def labels(self) -> torch.Tensor:
+        out = torch.full(self.inputs.shape, IGNORE_INDEX, dtype=torch.long, device=self.inputs.device)
+        return out.scatter_(1, self.query_pos, self.query_val)
+
     def to(self, device: torch.device) -> MQARData:
-        return MQARData(*(t.to(device) for t in (self.inputs, self.labels, self.query_pos, self.query_val)))
+        return MQARData(*(t.to(device) for t in (self.inputs, self.query_pos, self.query_val)))
 
 
 def _distinct_ints(n: int, k: int, low: int, high: int, gen: torch.Generator) -> torch.Tensor:
@@ -255,21 +267,18 @@ def generate_mqar(
     gaps = (log_w - torch.log(-torch.log(u))).topk(k, dim=1).indices
     query_pos = context + 2 * gaps
 
-    inputs = torch.zeros(n, t, dtype=torch.long)
+    # every position the pairs and queries do not take holds noise (or 0): the pairs and the
+    # queries are written over it (the same tensor a mask-and-select would give, in a third
+    # of the time: this is host work the GPU waits for at the start of the MQAR stage)
+    if random_non_queries:
+        inputs = torch.randint(0, v, (n, t), generator=gen)
+    else:
+        inputs = torch.zeros(n, t, dtype=torch.long)
     inputs[:, 0:context:2] = keys
     inputs[:, 1:context:2] = values
     inputs.scatter_(1, query_pos, keys)
-    labels = torch.full((n, t), IGNORE_INDEX, dtype=torch.long)
-    labels.scatter_(1, query_pos, values)
-    if random_non_queries:
-        filler = torch.ones(n, t, dtype=torch.bool)
-        filler[:, :context] = False
-        filler.scatter_(1, query_pos, False)
-        noise = torch.randint(0, v, (n, t), generator=gen)
-        inputs = torch.where(filler, noise, inputs)
     order = query_pos.argsort(dim=1)  # queries in sequence order (cosmetic; scoring ignores order)
-    query_pos = query_pos.gather(1, order)
-    return MQARData(inputs, labels, query_pos, labels.gather(1, query_pos))
+    return MQARData(inputs, query_pos.gather(1, order), values.gather(1, order))
 
 
 def _data_seed(seed: int, setting: MQARSetting, split: str) -> int:
@@ -490,6 +499,19 @@ def build_data(
     return train.to(device), test.to(device)
 
 
+@contextlib.contextmanager
+def _host_threads(n: int | None) -> Iterator[None]:
+    """Run the block with up to ``n`` intra-op threads (as many as this process may run on);
+    None leaves the count alone. The draws are the same for any thread count."""
+    before = torch.get_num_threads()
+    if n is not None:
+        torch.set_num_threads(max(before, min(n, len(os.sched_getaffinity(0)))))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def run_mqar(
     make_mixer: MixerFactory, options: MQAROptions, device: torch.device, dtype: torch.dtype,
     seed: int, prewarm: Callable[[], object] | None = None,
@@ -599,7 +621,11 @@ def _run_settings(
     pending: Future | None = None
     for i, setting in enumerate(settings):
         t_data = time.perf_counter()
-        cpu_data = pending.result() if pending is not None else generate_data(options, setting, seed)
+        if pending is not None:
+            cpu_data = pending.result()
+        else:  # the device waits for these: on CUDA, lend the draw a few more host threads
+            with _host_threads(DATA_THREADS if prefetch else None):
+                cpu_data = generate_data(options, setting, seed)
         train, test = (d.to(device) for d in cpu_data)
         data_s += time.perf_counter() - t_data
         if prefetch and i + 1 < len(settings):

@@ -27,13 +27,13 @@ from __future__ import annotations
 import sys
 
 
-def cuda() -> None:
-    """Warm this process for CUDA stages (see the module docstring)."""
+def cuda(dtype: str = "bfloat16") -> None:
+    """Warm this process for CUDA stages at precision ``dtype`` (see the module docstring)."""
     try:
         import torch
 
         from evaluator.token_mixer import lm, mqar, profile  # noqa: F401 - the stages' code
-        from evaluator.token_mixer.model import COMPILE_OPTIONS, compile_environment
+        from evaluator.token_mixer.model import COMPILE_OPTIONS, compile_environment, resolve_dtype
         from evaluator.token_mixer.training import build_optimizer
 
         if not torch.cuda.is_available():
@@ -48,9 +48,44 @@ def cuda() -> None:
                         capturable=True)
         fn = torch.compile(_pointwise, dynamic=False, options=dict(COMPILE_OPTIONS))
         fn(x.float())
+        _frame(device, resolve_dtype(dtype))
         torch.cuda.synchronize(device)
     except Exception as exc:  # noqa: BLE001 - the stage reports a broken GPU itself
         print(f"archdisco: CUDA warm-up skipped ({type(exc).__name__}: {exc})", file=sys.stderr)
+
+
+def cuda_float32() -> None:
+    cuda("float32")
+
+
+def cuda_bfloat16() -> None:
+    cuda("bfloat16")
+
+
+def cuda_float16() -> None:
+    cuda("float16")
+
+
+def _frame(device, dtype, **overrides) -> None:  # type: ignore[no-untyped-def]
+    """A short MQAR run of the rung-1 frame around a stand-in mixer, through the stage's own
+    code: data drawn, model built, step captured in a CUDA graph and replayed, held-out
+    evaluation. It loads the kernels of everything around the mixer (embedding, norms, MLP,
+    head, cross-entropy, gradient clipping, fused AdamW) and cuBLAS's choices for the frame's
+    shapes, which the first capture of a candidate would otherwise wait for. ``overrides``
+    change the MQAR options (tests run it small on a CPU)."""
+    from evaluator.token_mixer.mqar import MQAROptions, build_data, train_run
+
+    options = MQAROptions.rung1(steps=8, train_examples=512, eval_batches=1, check_every=4,
+                                lrs=(1e-3,), compile=False, **overrides)
+    train, test = build_data(options, options.settings[0], seed=0, device=device)
+    train_run(_stand_in, options, train, test, 1e-3, device, dtype, seed=0)
+
+
+def _stand_in(hidden_size: int, num_heads: int):  # type: ignore[no-untyped-def]
+    """The stand-in mixer: one projection (the frame's kernels are the point, not the mixer)."""
+    from torch import nn
+
+    return nn.Linear(hidden_size, hidden_size, bias=False)
 
 
 def _pointwise(x):  # type: ignore[no-untyped-def]

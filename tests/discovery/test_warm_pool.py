@@ -32,7 +32,9 @@ def test_the_default_warms_children_for_gpu_targets_only() -> None:
 def test_the_token_mixer_warms_cuda_children_with_its_gpu_set_up() -> None:
     task = TokenMixerTask()
     assert task_preload(task, CPU) == ("torch",)
-    assert task_preload(task, GPU) == ("torch", "evaluator.token_mixer.warmup:cuda")
+    assert task_preload(task, GPU) == ("torch", "evaluator.token_mixer.warmup:cuda_float32")
+    bf16 = GPU.model_copy(update={"dtype": "bfloat16"})  # the warm-up runs at the target's precision
+    assert task_preload(task, bf16) == ("torch", "evaluator.token_mixer.warmup:cuda_bfloat16")
     assert task_preload(object(), GPU) == ("torch",)  # a task without preload
 
 

@@ -25,8 +25,17 @@ def test_a_failing_warm_up_says_so_and_never_raises(monkeypatch: pytest.MonkeyPa
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_the_warm_up_loads_the_compile_machinery_and_initialises_cuda() -> None:
-    code = ("import sys, torch; from evaluator.token_mixer import warmup; warmup.cuda(); "
+    code = ("import sys, torch; from evaluator.token_mixer import warmup; warmup.cuda_bfloat16(); "
             "print(torch.cuda.is_initialized(), all(m in sys.modules for m in "
             "('torch._dynamo', 'torch._inductor.compile_fx', 'triton')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert out.stdout.split() == ["True", "True"], out.stderr[-2000:]
+    assert "warm-up skipped" not in out.stderr, out.stderr[-2000:]  # the frame run went through
+
+
+def test_the_frame_warm_up_runs_the_mqar_stage_code() -> None:
+    """The frame part of the warm-up is the MQAR stage's own code around a stand-in mixer; on
+    the CPU it runs the same path bar the graph capture (a drift in that code breaks here, not
+    silently on a GPU worker, where the warm-up only prints that it was skipped)."""
+    warmup._frame(torch.device("cpu"), torch.float32, batch_size=8, d_model=32,
+                  settings=((64, 4),), vocab_size=256)
