@@ -1,6 +1,6 @@
 """Warm-up of a pooled sandbox child that will evaluate a token mixer on a GPU.
 
-``TokenMixerTask.preload`` names ``cuda`` for ``cuda`` targets; the sandbox child calls it
+``TokenMixerTask.preload`` names ``cuda_<precision>`` for ``cuda`` targets; the sandbox child calls it
 after its isolation is in place and before it receives a request, so no candidate code exists
 in the process yet (``sandbox.runner``). A warm pool starts the next child while the current
 evaluation runs (``sandbox.pool``), so this one-time process set-up leaves the evaluation's
@@ -15,7 +15,10 @@ GEMM under autocast), builds a capturable fused AdamW (which imports torch._dyna
 torch._inductor) and compiles one tiny elementwise function with the options the mixers are
 compiled with, which loads Triton and inductor's code generation. The compiled code is of a
 function of this module's, in this child's private cache directory: nothing of it reaches a
-candidate's compile except warm imports.
+candidate's compile except warm imports. Then it trains a few captured steps of the rung-1
+MQAR frame around a stand-in mixer at the target's precision (``_frame``), so the frame's
+kernels are loaded before the candidate's first capture, and counts a stand-in's FLOPs on the
+meta device (``_count_flops``), whose first use in a process is slow.
 
 The price: the waiting child holds a CUDA context (a few hundred MB of device memory) until
 its request comes. It never raises: a GPU that fails here fails the stage later, with the
@@ -49,6 +52,7 @@ def cuda(dtype: str = "bfloat16") -> None:
         fn = torch.compile(_pointwise, dynamic=False, options=dict(COMPILE_OPTIONS))
         fn(x.float())
         _frame(device, resolve_dtype(dtype))
+        _count_flops()
         torch.cuda.synchronize(device)
     except Exception as exc:  # noqa: BLE001 - the stage reports a broken GPU itself
         print(f"archdisco: CUDA warm-up skipped ({type(exc).__name__}: {exc})", file=sys.stderr)
@@ -79,6 +83,16 @@ def _frame(device, dtype, **overrides) -> None:  # type: ignore[no-untyped-def]
                                 lrs=(1e-3,), compile=False, **overrides)
     train, test = build_data(options, options.settings[0], seed=0, device=device)
     train_run(_stand_in, options, train, test, 1e-3, device, dtype, seed=0)
+
+
+def _count_flops() -> None:
+    """The profile stage's FLOP count of a stand-in mixer on the meta device: the first use of
+    ``FlopCounterMode`` in a process costs 1.5 s of host time (measured on the 2-core CPU
+    machine; the second call takes milliseconds), which the profile stage would otherwise
+    spend with the GPU idle."""
+    from evaluator.token_mixer.profile import ProfileOptions, _flops_per_token
+
+    _flops_per_token(_stand_in, ProfileOptions(d_model=8, num_heads=1, train_seq_len=4), seed=0)
 
 
 def _stand_in(hidden_size: int, num_heads: int):  # type: ignore[no-untyped-def]

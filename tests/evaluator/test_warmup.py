@@ -39,3 +39,4 @@ def test_the_frame_warm_up_runs_the_mqar_stage_code() -> None:
     silently on a GPU worker, where the warm-up only prints that it was skipped)."""
     warmup._frame(torch.device("cpu"), torch.float32, batch_size=8, d_model=32,
                   settings=((64, 4),), vocab_size=256)
+    warmup._count_flops()  # likewise the profile stage's FLOP count
