@@ -13,8 +13,11 @@ bounded tail buffer so that a flood can neither block the child nor fill the dri
 How an evaluation ended, in order of precedence: a harness ``error`` frame -> SandboxError
 (the caller maps it to ``infra``); a frame that fails verification -> ``policy``; the driver's
 deadline -> ``timeout``; SIGXCPU (or SIGKILL after the CPU budget) -> ``timeout``; any other
-signal -> ``killed``; an exit without a ``done`` frame -> ``import`` during load, else
-``runtime``. ``oom`` comes from the harness, which sees the allocator's error type.
+signal -> ``killed``, or ``oom`` when the child died of SIGKILL while the kernel's count of
+OOM kills (``oom_kill`` in /proc/vmstat) went up (a namespaced child's PID 1 exits with 128 +
+the signal that killed the harness); an exit without a ``done`` frame ->
+``import`` during load, else ``runtime``. Otherwise ``oom`` comes from the harness, which sees
+the allocator's error type.
 """
 
 from __future__ import annotations
@@ -71,6 +74,27 @@ class IsolationConfig(BaseModel):
     extra_read_paths: tuple[str, ...] = ()
     spawn_timeout_s: float = 120.0
     tmpfs_bytes: int = 512 * 1024 * 1024
+
+
+def _signal_name(sig: int) -> str:
+    try:
+        return signal.Signals(sig).name
+    except ValueError:
+        return f"signal {sig}"
+
+
+def oom_kills() -> int | None:
+    """Processes the kernel's OOM killer has killed since boot (``oom_kill`` in /proc/vmstat,
+    Linux 4.13+), or None where the count cannot be read. The machine's memory running out
+    ends a child with SIGKILL, which alone cannot be told from any other SIGKILL."""
+    try:
+        with open("/proc/vmstat", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("oom_kill "):
+                    return int(line.split()[1])
+    except (OSError, ValueError):
+        pass
+    return None
 
 
 def physical_memory_bytes() -> int:
@@ -154,6 +178,7 @@ class Child:
         self._pidfd = -1
         self._pump: threading.Thread | None = None
         self._used = False
+        self._oom_kills: int | None = None  # the kernel's OOM-kill count when the request went out
         self.gpus: tuple[str | None, ...] = ()  # the GPU variables it was spawned with
 
     # ------------------------------------------------------------------ start
@@ -286,6 +311,7 @@ class Child:
         resolved, wall = resolve_limits(request, limits)
         self.tail.capacity = limits.max_output_bytes
         start = time.monotonic()
+        self._oom_kills = oom_kills()
         try:
             self._send(LaunchRequest(request=request, limits=resolved,
                                      static_policy=static_policy).model_dump_json().encode()
@@ -353,6 +379,11 @@ class Child:
         """The failure for the stage that was running when the child stopped."""
         stage = watch.current or watch.next_stage()
         cpu = self._status[1] if self._status else 0.0
+        sig = -code if code < 0 else None
+        if sig is None and self.report is not None and self.report.mode != "none" and 128 < code < 160:
+            # PID 1 of the child's PID namespace cannot die of a signal it sends itself: when
+            # the harness was killed, it exits with 128 + the signal instead, as shells do
+            sig = code - 128
         if watch.tamper:
             kind, message = FailureKind.POLICY, watch.tamper + " (forged or corrupted result)"
         elif watch.timed_out == "stage":
@@ -361,13 +392,19 @@ class Child:
         elif watch.timed_out == "wall":
             kind = FailureKind.TIMEOUT
             message = f"the evaluation exceeded its {watch.wall:g} s wall-clock limit"
-        elif code < 0 and (-code == signal.SIGXCPU
-                           or (-code == signal.SIGKILL and cpu >= resolved.cpu_seconds)):
+        elif sig is not None and (sig == signal.SIGXCPU
+                                  or (sig == signal.SIGKILL and cpu >= resolved.cpu_seconds)):
             kind = FailureKind.TIMEOUT
             message = f"CPU time limit of {resolved.cpu_seconds} s reached in stage {stage!r}"
-        elif code < 0:
+        elif sig == signal.SIGKILL and self._oom_killed():
+            kind = FailureKind.OOM
+            message = (f"the kernel's OOM killer ended the child in stage {stage!r}: the machine "
+                       "ran out of memory (lower the stage's sizes, run fewer evaluations per "
+                       "machine, or set the target's memory_limit_gb so allocations fail inside "
+                       "the child instead)")
+        elif sig is not None:
             kind = FailureKind.KILLED
-            message = f"the child was killed by {signal.Signals(-code).name} in stage {stage!r}"
+            message = f"the child was killed by {_signal_name(sig)} in stage {stage!r}"
         elif stage == "load":
             kind = FailureKind.IMPORT
             message = (f"the process exited with code {code} while the candidate was being "
@@ -379,6 +416,11 @@ class Child:
         return StageResult.failure(stage, kind, message, target=watch.target,
                                    rung=spec.rung if spec else 0, log_tail=self.tail.text()[-4000:],
                                    wall_s=time.monotonic() - watch.stage_started)
+
+    def _oom_killed(self) -> bool:
+        """The kernel's OOM killer struck while this child evaluated (``oom_kills``)."""
+        before, after = self._oom_kills, oom_kills()
+        return before is not None and after is not None and after > before
 
     # ------------------------------------------------------------------ teardown
     def _kill_strays(self) -> None:

@@ -15,7 +15,8 @@ Stages (options in ``StageSpec.options``):
 - ``warmed``: reports how many times ``warm`` (a preload function) ran in this process;
 - ``gpus``: reports ``CUDA_VISIBLE_DEVICES`` of the child (-1 when unset);
 - ``constraint``: fails with kind ``complexity`` when ``options["fail"]`` is true;
-- ``boom``: raises ``StageFailure(options["kind"])`` so tests can check kinds pass through.
+- ``boom``: raises ``StageFailure(options["kind"])`` so tests can check kinds pass through;
+- ``sigkill``: the child sends itself SIGKILL (as the kernel's OOM killer would).
 """
 
 from __future__ import annotations
@@ -124,6 +125,11 @@ class FakeTask:
         elif kind == "constraint":
             if stage.options.get("fail"):
                 raise StageFailure(FailureKind.COMPLEXITY, "constraint violated", {"exponent": 2.0})
+        elif kind == "sigkill":  # dies as the kernel's OOM killer (or anyone) would end it
+            import os
+            import signal
+
+            os.kill(os.getpid(), signal.SIGKILL)
         elif kind == "boom":
             raise StageFailure(FailureKind(stage.options.get("kind", "nan")), "boom")
         return StageResult(stage=stage.name, target=target.name, rung=stage.rung, ok=True,

@@ -58,6 +58,30 @@ def test_stops_at_the_first_failure_and_keeps_the_kind() -> None:
     assert outcome.first_failure.failure_kind is FailureKind.NAN
 
 
+@pytest.mark.parametrize("oom_kills, kind", [((3, 4), FailureKind.OOM), ((3, 3), FailureKind.KILLED),
+                                             ((None, None), FailureKind.KILLED)])
+def test_a_sigkill_is_oom_when_the_kernel_counted_an_oom_kill_meanwhile(
+        monkeypatch: pytest.MonkeyPatch, oom_kills, kind: FailureKind) -> None:
+    from sandbox import launcher
+
+    counts = iter(oom_kills)  # read when the request goes out, then when the child has died
+    monkeypatch.setattr(launcher, "oom_kills", lambda: next(counts))
+    outcome = run(TRIVIAL, names=("build", "sigkill", "forward"))
+    assert [r.stage for r in outcome.results] == ["load", "build", "sigkill"]
+    failure = outcome.first_failure
+    assert failure.failure_kind is kind and outcome.exit_code in (-9, 128 + 9), failure.message
+    assert ("OOM killer" in failure.message) == (kind is FailureKind.OOM), failure.message
+
+
+def test_the_oom_kill_count_is_read_from_the_kernel() -> None:
+    from sandbox.launcher import oom_kills
+
+    count = oom_kills()
+    assert count is None or count >= 0
+    if Path("/proc/vmstat").read_text().count("oom_kill "):
+        assert isinstance(count, int)
+
+
 def test_reference_seeds_continue_past_a_failed_constraint_only() -> None:
     specs = [StageSpec(name="constraint", constraint=True, options={"fail": True}),
              StageSpec(name="forward")]
