@@ -78,9 +78,6 @@ class LMOptions(BaseModel):
     val_fraction: float = Field(default=0.1, gt=0.0, lt=1.0)
     cuda_graph: bool = True  # on CUDA, replay a captured graph of the step (training.py)
     compile: bool = True  # on CUDA, train the mixers through torch.compile (see run_lm)
-    # capture the step while a compile (the MQAR stage's prewarm) still works, then switch to
-    # the compiled mixers once it is done; false = wait for it first (stop 10)
-    capture_beside_compile: bool = True
     reduced: bool = False
 
     @model_validator(mode="after")
@@ -290,8 +287,7 @@ def run_lm(
     use_compile = _compiles(options, device)
     compiler = take_prewarmed(_compile_key(make_mixer, options, device, dtype)) if use_compile else None
     prewarmed = compiler is not None
-    # a capture beside a working compiler needs the thread-local capture mode (Trainer)
-    wait_s = 0.0 if options.capture_beside_compile else wait_for_compilers()
+    wait_s = wait_for_compilers()  # no capture (or timing) while a compiler launches kernels
     with seeded(seed, device):
         model = MixerLM(model_config(options), make_mixer).to(device)
     compiled = compiler is not None and compiler.ok
@@ -320,8 +316,7 @@ def run_lm(
     trainer = Trainer(model, loss_fn, optim, device, dtype, offsets, options.cuda_graph)
     if use_compile and compiler is None:
         compiler = _start_compile(make_mixer, options, device, dtype, seed, register=False)
-    switch = CompileSwitch(model, trainer, compiler, device, compiled,
-                           wait_for_others=not options.capture_beside_compile)
+    switch = CompileSwitch(model, trainer, compiler, device, compiled)
     train_loss = math.nan
     switch_s = 0.0
     synchronize(device)

@@ -283,8 +283,7 @@ class MixerCompiler:
                 with autocast_context(ids.device, dtype):
                     h = scratch.hidden(ids)
                 h.float().square().mean().backward()
-                if ids.device.type == "cuda":  # this thread's stream only: the main thread
-                    torch.cuda.current_stream(ids.device).synchronize()  # may be capturing
+                synchronize(ids.device)
             except BaseException as exc:  # noqa: BLE001 - reported through .error / .ok
                 self.error = exc
             self.graphs = compiled_graphs() - before

@@ -139,9 +139,6 @@ class MQAROptions(BaseModel):
     sweep_cut: float | None = Field(default=None, gt=0.0, le=1.0)
     cuda_graph: bool = True  # on CUDA, replay a captured graph of the step (training.py)
     compile: bool = True  # on CUDA, train through torch.compile'd mixers (MixerLM.compile_mixers)
-    # capture a run's step while a compile still works on another thread (thread-local capture
-    # mode, training.Trainer) instead of waiting for the compile; false = wait (stop 10)
-    capture_beside_compile: bool = True
     reduced: bool = False  # set by cpu_fallback(): reported as mqar_reduced=1
 
     @model_validator(mode="after")
@@ -366,9 +363,7 @@ class Run:
     (``model.COMPILE_OPTIONS``: 30.9 s).
 
     ``after_setup`` is called once the step is captured and before training starts (the MQAR
-    stage starts compiling the LM stage's shapes there, ``run_mqar``); when ``compiler`` is
-    still at work then (``capture_beside_compile``), at the first window boundary after it is
-    done instead.
+    stage starts compiling the LM stage's shapes there, ``run_mqar``).
     """
 
     def __init__(
@@ -378,8 +373,7 @@ class Run:
     ):
         t0 = time.perf_counter()
         self.options, self.test, self.lr, self.device, self.dtype = options, test, lr, device, dtype
-        # a capture beside a working compiler needs the thread-local capture mode (Trainer)
-        self.wait_s = 0.0 if options.capture_beside_compile else wait_for_compilers()
+        self.wait_s = wait_for_compilers()  # no capture while a compiler launches kernels
         with seeded(seed, device):
             model = MixerLM(options.model_config_for(), make_mixer).to(device)
         compiled = compiler is not None and compiler.ok
@@ -412,17 +406,10 @@ class Run:
             with seeded(seed, device):
                 scratch = MixerLM(options.model_config_for(), make_mixer).to(device)
             compiler.start(scratch, train.inputs[order[0]], dtype)
-        # a hook that needs the compile's outcome waits for a boundary after it (advance)
-        self._after_compile: Callable[[], None] | None = None
         if after_setup is not None:
-            if compiler is not None and compiler.running:
-                self._after_compile = after_setup
-            else:
-                after_setup()
-        self.compiler = compiler
+            after_setup()
         self.model = model
-        self.switch = CompileSwitch(model, self.trainer, compiler, device, compiled,
-                                    wait_for_others=not options.capture_beside_compile)
+        self.switch = CompileSwitch(model, self.trainer, compiler, device, compiled)
         self.windows: list[float] = []
         self.step = 0
         self.finite = True
@@ -463,10 +450,6 @@ class Run:
                     break
                 # outside the timed windows
                 self.setup_s += self.switch.boundary(self.step < options.steps)
-                if self._after_compile is not None and self.compiler is not None \
-                        and self.compiler.done():
-                    hook, self._after_compile = self._after_compile, None
-                    hook()
                 win_t, win_steps = time.perf_counter(), 0
         self.wall_s += time.perf_counter() - t0
 
@@ -543,9 +526,8 @@ def run_mqar(
 
     ``prewarm`` starts compiling the shapes of a later stage (``model.prewarm``; the task passes
     one that compiles the LM stage's). It is called once, after the capture of the last
-    setting's last run (or, when this stage's compile is still at work then, at that run's
-    first window boundary after it is done), and only when this stage's own compile
-    succeeded: the compile runs beside the rest of this stage's training, and the LM stage
+    setting's last run, and only when this stage's own compile succeeded: no capture follows
+    in this stage, so the compile runs beside the rest of its training, and the LM stage
     starts compiled instead of training eagerly (on the H100, Gated DeltaNet's LM stage took
     14.7 s instead of 31.7 s). A sweep that ends early (``stop_sweep_at``) never calls it,
     and the LM stage compiles for itself.
@@ -598,8 +580,8 @@ def _sweep(
                   None if more else last_hook)
         started.append(run)
         run.advance(cut)
-        while more and not run.over and compiling() and not options.capture_beside_compile:
-            run.advance(run.step + options.check_every)  # the next capture would wait for it
+        while more and not run.over and compiling():
+            run.advance(run.step + options.check_every)
         if not run.over:
             cut = max(cut, run.step)
         acc, _ = run.score()

@@ -195,9 +195,7 @@ class Trainer:
             torch.cuda.current_stream(self.device).wait_stream(stream)
             self.opt.zero_grad(set_to_none=True)
             graph = torch.cuda.CUDAGraph()
-            # thread-local: a MixerCompiler's worker may launch kernels, allocate and
-            # synchronise on its own thread meanwhile (global mode forbids that to every thread)
-            with torch.cuda.graph(graph, capture_error_mode="thread_local"):
+            with torch.cuda.graph(graph):
                 self._graph_body()
             return graph
         except Exception:
@@ -273,10 +271,8 @@ class CompileSwitch:
     """
 
     def __init__(self, model: MixerLM, trainer: Trainer, compiler: MixerCompiler | None,
-                 device: torch.device, compiled: bool = False, queue: int = COMPILE_QUEUE,
-                 wait_for_others: bool = False):
+                 device: torch.device, compiled: bool = False, queue: int = COMPILE_QUEUE):
         self.model, self.trainer, self.compiler = model, trainer, compiler
-        self.wait_for_others = wait_for_others  # switch only once no other compiler works either
         self.cuda, self.queue = device.type == "cuda", queue
         self.compiled = compiled  # the mixers train compiled (from the start, or since the switch)
         self.eager_steps = 0  # steps trained eagerly while ``compiler`` existed
@@ -295,10 +291,9 @@ class CompileSwitch:
         """Switch if the compiler is done and steps remain; the seconds the switch took."""
         t0 = time.perf_counter()
         compiler = self.compiler
-        # (with ``wait_for_others``, a capture must not overlap another compiler's kernel
-        # launches: wait for a later boundary while one is still at work)
-        others = self.wait_for_others and compiling()
-        if not self.compiled and compiler is not None and compiler.done() and not others:
+        # (a capture must not overlap another compiler's kernel launches: wait for a later
+        # boundary while one is still at work)
+        if not self.compiled and compiler is not None and compiler.done() and not compiling():
             if compiler.ok and more_steps:
                 self.model.compile_mixers(compiler.backend)
                 if self.trainer.recapture():

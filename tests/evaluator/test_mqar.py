@@ -381,22 +381,18 @@ def test_a_cut_sweep_that_scores_the_stop_line_trains_only_that_run_on() -> None
     assert [(r.lr, r.steps) for r in runs] == [(1e-3, 40)]
 
 
-@pytest.mark.parametrize("beside", [False, True])
-def test_a_cut_waits_for_a_compile_by_training_on_unless_captures_go_beside_it(
-        monkeypatch: pytest.MonkeyPatch, beside: bool) -> None:
+def test_a_cut_waits_for_a_compile_by_training_on(monkeypatch: pytest.MonkeyPatch) -> None:
     import evaluator.token_mixer.mqar as mqar
 
     options = MQAROptions(steps=60, check_every=10, lrs=(1e-3, 1e-2, 3e-3), early_stop_acc=None,
-                          stop_sweep_at=None, sweep_cut=0.25, capture_beside_compile=beside)
+                          stop_sweep_at=None, sweep_cut=0.25)
     train, test = build_data(options, options.settings[0], seed=0, device=CPU)
     polls = []
     monkeypatch.setattr(mqar, "compiling", lambda: polls.append(1) or len(polls) <= 2)
     runs = mqar._sweep(SoftmaxAttention, options, train, test, CPU, torch.float32, 0, None, None)
-    if beside:  # the next run's capture need not wait: every run is cut at step 15
-        assert sorted(r.steps for r in runs) == [15, 15, 60]
-    else:  # the first run trained on while "compiling" (two more windows: the cut moved from
-        # step 15 to 35), and the runs after it were cut at the same step
-        assert sorted(r.steps for r in runs) == [35, 35, 60]
+    # the first run trained on while "compiling" (two more windows: the cut moved from step 15
+    # to 35), and the runs after it were cut at the same step
+    assert sorted(r.steps for r in runs) == [35, 35, 60]
 
 
 def test_generated_data_are_pinned_per_seed() -> None:
@@ -424,36 +420,3 @@ def test_evaluation_scores_do_not_depend_on_the_batch_size() -> None:
     small = evaluate(model, test, 16, CPU, torch.float32)
     large = evaluate(model, test, 1024, CPU, torch.float32)
     assert small[0] == large[0] and small[1] == pytest.approx(large[1], rel=1e-5)
-
-
-def test_a_setup_hook_waits_for_a_compile_still_at_work_until_a_boundary_after_it() -> None:
-    """With captures beside a compile, the hook that needs the compile's outcome (the LM
-    prewarm) runs at the first window boundary after the compile is done, not at setup."""
-    from evaluator.token_mixer.mqar import Run
-
-    class Compiler:  # a compile that is at work until the run's second window is done
-        started, ok, backend = True, False, "inductor"
-        windows = 0
-
-        @property
-        def running(self) -> bool:
-            return self.windows < 2
-
-        def done(self) -> bool:
-            return not self.running
-
-    options = MQAROptions(steps=60, check_every=10, early_stop_acc=None)
-    train, test = build_data(options, options.settings[0], seed=0, device=CPU)
-    compiler, called = Compiler(), []
-    run = Run(SoftmaxAttention, options, train, test, 1e-3, CPU, torch.float32, 0, compiler,
-              after_setup=lambda: called.append(run.step))
-    assert called == []
-    run.advance(10)
-    compiler.windows = 1
-    run.advance(20)
-    assert called == []
-    compiler.windows = 2
-    run.advance(30)
-    assert called == [30]
-    run.advance(60)
-    assert called == [30]
