@@ -9,6 +9,7 @@
     python benchmarks/gpu_rung1.py cost [SEED] --sandbox  # the same, through the sandbox
     python benchmarks/gpu_rung1.py cost [SEED] --sandbox --warm  # from a warm child
     python benchmarks/gpu_rung1.py cost [SEED] --where  # in-process: where the GPU idled
+    python benchmarks/gpu_rung1.py cost [SEED] --where --warm  # the same after the preload
 
 `zoo` trains every seed of the baseline zoo in the rung-1 MQAR frame (d_model 64, T = 256, 16
 key-value pairs, vocabulary 8192, batch 256, LR sweep, best LR kept) and prints accuracy,
@@ -348,6 +349,14 @@ def cost(args: argparse.Namespace) -> None:
     if args.sandbox:
         rows = _sandboxed(task, name, target, samples, overrides, args.warm)
     in_process = [] if args.sandbox else _stages(task, overrides)
+    if args.warm and not args.sandbox:  # in-process: this process warmed as a pooled child is
+        from sandbox.runner import _preload
+
+        t0 = time.monotonic()
+        for entry in task.preload(target):
+            _preload(entry)
+        t1 = time.monotonic()
+        rows.append(("(warm-up)", True, t1 - t0, *_busy(samples, t0, t1)))
     where = StackSampler() if args.where and not args.sandbox else None
     if where is not None:
         where.start()
@@ -403,7 +412,8 @@ def main() -> None:
     c.add_argument("seed", nargs="?", default="deltanet")
     c.add_argument("--sandbox", action="store_true", help="evaluate through the sandbox, as a worker does")
     c.add_argument("--warm", action="store_true",
-                   help="with --sandbox: from a warm child prepared with the task's preload")
+                   help="with --sandbox: from a warm child prepared with the task's preload; "
+                        "in-process: run that preload in this process first (untimed)")
     c.add_argument("--where", action="store_true",
                    help="in-process: say where the host was while the GPU idled")
     c.add_argument("--mqar", action="append", default=[], metavar="KEY=JSON",
