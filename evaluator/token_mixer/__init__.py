@@ -252,7 +252,8 @@ class TokenMixerTask:
 
     def preload(self, target: TargetSpec) -> tuple[str, ...]:
         """What a pooled sandbox child loads before its request (see ``Task``): torch, and for
-        a GPU target the CUDA warm-up (``warmup.cuda``: compile machinery, CUDA context)."""
+        a GPU target the CUDA warm-up at the target's precision (``warmup.cuda_<dtype>``:
+        compile machinery, CUDA context, a few captured steps of the MQAR frame)."""
         if target.device == "cuda":
             return ("torch", f"evaluator.token_mixer.warmup:cuda_{target.dtype}")
         return ("torch",)
