@@ -268,8 +268,9 @@ def generate_mqar(
     query_pos = context + 2 * gaps
 
     # every position the pairs and queries do not take holds noise (or 0): the pairs and the
-    # queries are written over it (the same tensor a mask-and-select would give, in a third
-    # of the time: this is host work the GPU waits for at the start of the MQAR stage)
+    # queries are written over it, the same tensor a mask-and-select gave. With ``labels``
+    # derived on demand, rung 1's first setting is drawn in half the time (one thread, CPU
+    # machine: median 1.20 s against 2.33 s; docs/PERFORMANCE.md), host work the GPU waits for
     if random_non_queries:
         inputs = torch.randint(0, v, (n, t), generator=gen)
     else:
