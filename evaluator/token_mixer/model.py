@@ -65,6 +65,45 @@ def autocast_context(device: torch.device, dtype: torch.dtype) -> contextlib.Abs
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
+# SDPA backends in the order the training stages (MQAR, LM) try them: flash attention first.
+# torch's default on Hopper puts cuDNN attention first, which builds an execution plan on the
+# host at every new shape: 60 ms for a forward and 70 ms for its backward on an H200, while
+# the GPU idles; flash attention's first call at a new shape takes under 1 ms after its first
+# call in the process (docs/PERFORMANCE.md, stop 12). The training stages report accuracy
+# and loss, which both kernels compute exactly; the profile stage, which times the mixer,
+# keeps torch's order.
+TRAINING_SDPA_ORDER = ("FLASH_ATTENTION", "EFFICIENT_ATTENTION", "CUDNN_ATTENTION", "MATH")
+_default_sdpa_order: list[int] | None = None
+
+
+def use_sdpa_order(training: bool, device: torch.device) -> None:
+    """Set SDPA's backend priority for the whole process before a stage on a CUDA ``device``:
+    ``TRAINING_SDPA_ORDER`` for a training stage, torch's own order for any other. Stages call
+    it at their start, when no ``MixerCompiler`` of an earlier stage is at work with another
+    order (inductor picks the attention kernel when it traces). A CPU device, or a torch
+    without the priority API, leaves everything as it is.
+
+    torch settles its own order at the first SDPA call on the GPU (cuDNN first on Hopper, where
+    the initial order says flash first), and an order set before that call stays as set. So
+    the first call here runs one tiny SDPA with torch's order before reading it."""
+    global _default_sdpa_order
+    get = getattr(torch._C, "_get_sdp_priority_order", None)
+    put = getattr(torch._C, "_set_sdp_priority_order", None)
+    if device.type != "cuda" or get is None or put is None:
+        return
+    if _default_sdpa_order is None:
+        q = torch.zeros(1, 1, 16, 64, device=device, dtype=torch.bfloat16)
+        with torch.no_grad():
+            F.scaled_dot_product_attention(q, q, q, is_causal=True)
+        _default_sdpa_order = [int(b) for b in get()]
+    order = list(_default_sdpa_order)
+    if training:
+        from torch.nn.attention import SDPBackend
+        first = [int(getattr(SDPBackend, name)) for name in TRAINING_SDPA_ORDER]
+        order = first + [b for b in order if b not in first]
+    put(order)
+
+
 @contextlib.contextmanager
 def seeded(seed: int, device: torch.device) -> Iterator[None]:
     """Seed torch's global RNGs for the block (mixer init uses them) without leaking the change

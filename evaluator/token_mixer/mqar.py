@@ -479,8 +479,33 @@ class Run:
                          self.switch.eager_steps, self.wait_s, self.capture_s)
 
 
+def _data_key(options: MQAROptions, setting: MQARSetting, seed: int) -> tuple[Any, ...]:
+    """Everything the data of a setting depend on."""
+    n_train = options.train_examples or options.steps * options.batch_size
+    return (n_train, options.eval_batches * options.batch_size, setting.seq_len,
+            setting.num_kv_pairs, options.vocab_size, options.power_a,
+            options.random_non_queries, seed)
+
+
+# data drawn ahead of a request by ``predraw`` (a warm child), taken once by ``generate_data``
+_PREDRAWN: dict[tuple[Any, ...], tuple[MQARData, MQARData]] = {}
+
+
+def predraw(options: MQAROptions, seed: int) -> None:
+    """Draw the first setting's data now, for a later ``generate_data`` with the same
+    arguments (which takes them, once). The data depend on the options and the seed, not on
+    the candidate, so a warm child draws the default rung's ahead of its request
+    (``warmup.cuda``): the device would otherwise idle through the draw (``mqar_data_s``)."""
+    setting = options.settings[0]
+    with _host_threads(DATA_THREADS):
+        _PREDRAWN[_data_key(options, setting, seed)] = generate_data(options, setting, seed)
+
+
 def generate_data(options: MQAROptions, setting: MQARSetting, seed: int) -> tuple[MQARData, MQARData]:
     """Train and test sets of one setting, on the CPU; the test set has its own seed."""
+    ahead = _PREDRAWN.pop(_data_key(options, setting, seed), None)
+    if ahead is not None:
+        return ahead
     n_train = options.train_examples or options.steps * options.batch_size
     n_test = options.eval_batches * options.batch_size
     common = dict(

@@ -425,8 +425,9 @@ def timing_exponent(
     """Fit time ~ T^k for forward(+backward) of one mixer layer at a batch that saturates the
     device.
 
-    ``batch`` is the starting batch; it is doubled (up to ``max_batch``, default 16x the start)
-    until the shortest T takes at least ``min_ms`` (default 10 ms on CUDA: below a few ms a
+    ``batch`` is the starting batch; it grows by powers of two (up to ``max_batch``, default
+    16x the start; straight to the factor that would reach ``min_ms`` if time were proportional
+    to the batch) until the shortest T takes at least ``min_ms`` (default 10 ms on CUDA: below a few ms a
     small layer is launch-bound and its time does not grow with the work, measured on an H100;
     0 on CPU). Only points of at least ``min_ms`` enter the fit; with fewer than two, the two
     largest T are used and the fit is marked unsaturated. A T that runs out of GPU memory ends
@@ -446,12 +447,19 @@ def timing_exponent(
 
     first = _median_ms(make_step, batch, lens[0], device, warmup, repeats)
     while first < min_ms and 2 * batch <= max_batch:
+        # straight to the power-of-two multiple that reaches min_ms if the time grew in
+        # proportion to the batch; below saturation it grows slower, so this lands on the batch
+        # repeated doubling would reach, or beyond it (each batch measured is a new shape, whose
+        # first calls the GPU idles through)
+        grow = 2 ** max(1, math.ceil(math.log2(min_ms / max(first, 1e-6))))
+        while batch * grow > max_batch:
+            grow //= 2
         try:
-            first = _median_ms(make_step, 2 * batch, lens[0], device, warmup, repeats)
+            first = _median_ms(make_step, grow * batch, lens[0], device, warmup, repeats)
         except torch.cuda.OutOfMemoryError:
             torch.cuda.empty_cache()
             break
-        batch *= 2
+        batch *= grow
     measured: list[tuple[int, float]] = [(lens[0], first)]
     for t in lens[1:]:
         try:

@@ -420,3 +420,22 @@ def test_evaluation_scores_do_not_depend_on_the_batch_size() -> None:
     small = evaluate(model, test, 16, CPU, torch.float32)
     large = evaluate(model, test, 1024, CPU, torch.float32)
     assert small[0] == large[0] and small[1] == pytest.approx(large[1], rel=1e-5)
+
+
+def test_data_drawn_ahead_are_the_same_and_taken_once() -> None:
+    """``predraw`` (a warm child's) gives ``generate_data`` the very tensors it would draw, for
+    the same options and seed only, and only once."""
+    from evaluator.token_mixer import mqar
+
+    opts = MQAROptions(settings=((64, 4), (64, 8)), vocab_size=128, steps=10, batch_size=4,
+                       eval_batches=2)
+    fresh = mqar.generate_data(opts, opts.settings[0], seed=3)
+    mqar.predraw(opts, seed=3)
+    assert len(mqar._PREDRAWN) == 1
+    assert mqar.generate_data(opts, opts.settings[0], seed=4) is not None  # other seed: drawn
+    assert len(mqar._PREDRAWN) == 1
+    ahead = mqar.generate_data(opts, opts.settings[0], seed=3)
+    assert not mqar._PREDRAWN  # taken
+    for a, b in zip(ahead, fresh):
+        for name in ("inputs", "query_pos", "query_val"):
+            assert torch.equal(getattr(a, name), getattr(b, name))

@@ -116,8 +116,11 @@ def test_profile_on_cuda_reports_peak_memory() -> None:
 
 
 def test_timing_exponent_grows_the_batch_until_points_saturate() -> None:
+    batches: set[int] = set()
+
     class BatchSleeper(Sleeper):
         def forward(self, x: torch.Tensor) -> torch.Tensor:  # c * B * T: saturates with B
+            batches.add(x.shape[0])
             time.sleep(20e-6 * x.shape[0] * x.shape[1])
             return x * self.w
 
@@ -126,4 +129,5 @@ def test_timing_exponent_grows_the_batch_until_points_saturate() -> None:
     fit = timing_exponent(BatchSleeper, [128, 256], CPU, torch.float32, batch=1, d_model=8,
                           num_heads=1, min_ms=15.0, max_batch=64, warmup=0, repeats=3)
     assert fit.batch == 8 and fit.saturated  # 1 x 128 x 20us = 2.6 ms -> 8 x 128 -> 20.5 ms
+    assert batches == {1, 8}  # straight from 1 to 8 (time proportional to the batch), no 2 or 4
     assert 0.8 < fit.exponent < 1.2

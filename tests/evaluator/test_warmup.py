@@ -40,3 +40,54 @@ def test_the_frame_warm_up_runs_the_mqar_stage_code() -> None:
     warmup._frame(torch.device("cpu"), torch.float32, batch_size=8, d_model=32,
                   settings=((64, 4),), vocab_size=256)
     warmup._count_flops()  # likewise the profile stage's FLOP count
+
+
+def test_sdpa_order_is_left_alone_on_a_cpu() -> None:
+    from evaluator.token_mixer.model import use_sdpa_order
+
+    get = getattr(torch._C, "_get_sdp_priority_order", None)
+    if get is None:
+        pytest.skip("this torch has no SDPA priority API")
+    before = list(get())
+    use_sdpa_order(True, torch.device("cpu"))
+    assert list(get()) == before
+
+
+_ORDER_SNIPPET = """
+import torch, torch.nn.functional as F
+from evaluator.token_mixer.model import use_sdpa_order
+cuda = torch.device("cuda")
+if {ours}:  # ours first, before any SDPA call of the process
+    use_sdpa_order(True, cuda)
+    print(list(torch._C._get_sdp_priority_order()))
+    use_sdpa_order(False, cuda)
+else:  # torch's own order, settled by a first SDPA call
+    q = torch.zeros(1, 1, 16, 64, device=cuda, dtype=torch.bfloat16)
+    F.scaled_dot_product_attention(q, q, q, is_causal=True)
+    print([])
+print(list(torch._C._get_sdp_priority_order()))
+"""
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_training_stages_put_flash_attention_first_and_others_get_torchs_order() -> None:
+    """``use_sdpa_order`` on a GPU: flash attention first for the training stages; for the
+    others the order torch itself settles on at its first SDPA call (cuDNN first on Hopper),
+    also when ours was set before any SDPA call of the process (fresh processes)."""
+    import ast
+
+    from torch.nn.attention import SDPBackend
+
+    from evaluator.token_mixer.model import TRAINING_SDPA_ORDER
+
+    def orders(ours: bool) -> list[list[int]]:
+        out = subprocess.run([sys.executable, "-c", _ORDER_SNIPPET.format(ours=ours)],
+                             capture_output=True, text=True, timeout=120)
+        return [ast.literal_eval(line) for line in out.stdout.strip().splitlines()[-2:]] if out.returncode == 0 \
+            else pytest.fail(out.stderr[-2000:])
+
+    training, restored = orders(True)
+    _, torchs = orders(False)
+    assert training[:len(TRAINING_SDPA_ORDER)] == [int(getattr(SDPBackend, n)) for n in TRAINING_SDPA_ORDER]
+    assert restored == torchs and sorted(training) == sorted(torchs)
