@@ -301,14 +301,13 @@ def _run(stage: StageSpec, program: Program, target: TargetSpec,
     """Run ``stage``; ``later`` are the stages this process runs after it (``plan``)."""
     import torch
 
-    from evaluator.token_mixer.model import resolve_dtype, use_sdpa_order
+    from evaluator.token_mixer.model import resolve_dtype
 
     device_type = _device_type(stage, target)
     if device_type == "cuda" and not torch.cuda.is_available():
         raise StageFailure(FailureKind.INFRA,
                            f"target {target.name!r} asks for CUDA but this worker has no usable GPU")
     device = torch.device("cuda" if device_type == "cuda" else "cpu")
-    use_sdpa_order(stage.name in ("mqar", "lm"), device)  # (model.TRAINING_SDPA_ORDER)
     dtype = resolve_dtype(target.dtype)
     make_mixer = program.module.Mixer
     args = (device, dtype, program.seed)

@@ -37,7 +37,7 @@ from torch.nn import functional as F
 
 from evaluator.token_mixer.model import (
     MixerCompiler, MixerFactory, MixerLM, ModelConfig, autocast_context, prewarm, seeded,
-    synchronize, take_prewarmed, wait_for_compilers,
+    synchronize, take_prewarmed, use_sdpa_order, wait_for_compilers,
 )
 from evaluator.token_mixer.training import CompileSwitch, OptimConfig, Trainer
 from evaluator.types import FailureKind, StageFailure
@@ -279,6 +279,7 @@ def run_lm(
     Raises ``StageFailure(NAN)`` when the training or validation loss is not finite.
     """
     t0 = time.perf_counter()
+    use_sdpa_order(True, device)  # flash attention first (model.TRAINING_SDPA_ORDER)
     corpus = load_corpus(options.corpus_dir, options.corpus_glob, options.max_corpus_bytes,
                          options.val_fraction, options.max_file_bytes)
     train, val = corpus.train.to(device), corpus.val.to(device)

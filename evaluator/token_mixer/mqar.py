@@ -62,7 +62,7 @@ from torch.nn import functional as F
 
 from evaluator.token_mixer.model import (
     MixerCompiler, MixerFactory, MixerLM, ModelConfig, autocast_context, compiled_graphs,
-    compiling, seeded, synchronize, wait_for_compilers,
+    compiling, seeded, synchronize, use_sdpa_order, wait_for_compilers,
 )
 from evaluator.token_mixer.training import CompileSwitch, OptimConfig, Trainer
 from evaluator.types import FailureKind, StageFailure
@@ -560,6 +560,7 @@ def run_mqar(
 
     Raises ``StageFailure(NAN)`` when every learning rate of a setting went non-finite.
     """
+    use_sdpa_order(True, device)  # flash attention first (model.TRAINING_SDPA_ORDER)
     compiler = MixerCompiler() if options.compile and device.type == "cuda" else None
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="archdisco-mqar-data") as pool:
         try:

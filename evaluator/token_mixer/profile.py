@@ -48,7 +48,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from evaluator.token_mixer.model import (
-    MixerFactory, autocast_context, seeded, synchronize, wait_for_compilers,
+    MixerFactory, autocast_context, seeded, synchronize, use_sdpa_order, wait_for_compilers,
 )
 
 
@@ -318,6 +318,7 @@ def run_profile(
 ) -> dict[str, float]:
     """Measure the mixer (and the reference mixer, when given, in the same run)."""
     wait_for_compilers()  # a compile still at work on another thread would skew the timings
+    use_sdpa_order(False, device)  # SDPA timed as torch runs it (after a training stage's order)
     t0 = time.perf_counter()
     mixer = _build(make_mixer, options.d_model, options.num_heads, device, seed)
     metrics: dict[str, float] = {
