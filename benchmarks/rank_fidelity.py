@@ -4,19 +4,27 @@ the rung-0 budget and a 4x-step budget, on the baseline zoo plus offline-propose
     python benchmarks/rank_fidelity.py                 # CPU, rung-0 MQAR vs 4x steps
     python benchmarks/rank_fidelity.py --variants 8 --factor 4 --workers 2 --seeds 0 1
     python benchmarks/rank_fidelity.py --ladder        # rung 0 and rung 1 vs rung 1 at 4x
+    python benchmarks/rank_fidelity.py --ladder --device cuda --results ladder.jsonl \\
+        --part gpu --budget-s 1200                     # the GPU ladder, resumable across hosts
 
 Each candidate is trained twice per seed in the rung-0 MQAR frame (same data, same LR sweep),
 once with the rung-0 step budget and once with ``--factor`` times it; accuracies are averaged
 over ``--seeds``. Prints one row per candidate and the rank correlation (discovery.fidelity).
 With ``--ladder`` the top rung is the rung-1 MQAR frame as a CPU runs it
 (``MQAROptions.cpu_fallback``: T 64 / 16 pairs and T 128 / 32 pairs) at ``--factor`` times
-its steps, and both rung 0 and rung 1 are correlated with it.
+its steps, and both rung 0 and rung 1 are correlated with it. With ``--device cuda`` rung 1
+is the GPU preset (``MQAROptions.rung1``, bf16) and its runs train one at a time on the GPU;
+rung 0 stays on the CPU, as a campaign runs it. ``--results`` keeps every finished run in a
+JSON-lines file and skips the runs found there, so the ladder can be measured in pieces
+(``--part cpu`` here, ``--part gpu --budget-s`` on a borrowed GPU, the same file carried
+between them); the table is printed once every run is in the file.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import random
 import sys
 import time
@@ -49,23 +57,73 @@ def candidates(n_variants: int, seed: int) -> list[tuple[str, str]]:
     return out
 
 
-def measure(job: tuple[str, str, str, int, int]) -> tuple[str, str, int, float, float, float]:
-    """(name, rung key, seed, accuracy, query loss, seconds) of one MQAR run; the rung key is
-    ``"<preset>x<factor>"`` with preset ``rung0`` (the default options) or ``rung1`` (the
-    CPU form of rung 1)."""
-    name, code, preset, factor, seed = job
+def measure(job: tuple[str, str, str, int, int, str]) -> dict[str, object]:
+    """One MQAR run: {name, key, seed, device, acc, loss, seconds}; the rung key is
+    ``"<preset>x<factor>"`` with preset ``rung0`` (the default options, always on the CPU as a
+    campaign runs rung 0) or ``rung1`` (``MQAROptions.rung1`` on a GPU, its CPU form
+    ``cpu_fallback`` on a CPU)."""
+    name, code, preset, factor, seed, device = job
     import torch
 
     from evaluator.token_mixer.mqar import MQAROptions, run_mqar
 
-    torch.set_num_threads(1)
+    if device == "cpu":
+        torch.set_num_threads(1)
     module = types.ModuleType("candidate")
     exec(compile(code, "candidate.py", "exec"), module.__dict__)  # trusted seeds and templates
-    base = MQAROptions() if preset == "rung0" else MQAROptions.cpu_fallback()
+    if preset == "rung0":
+        base = MQAROptions()
+    else:
+        base = MQAROptions.rung1() if device == "cuda" else MQAROptions.cpu_fallback()
     opts = base.model_copy(update={"steps": base.steps * factor})
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
     t0 = time.perf_counter()
-    m = run_mqar(module.Mixer, opts, torch.device("cpu"), torch.float32, seed=seed)
-    return name, f"{preset}x{factor}", seed, m["mqar_acc"], m["mqar_loss"], time.perf_counter() - t0
+    m = run_mqar(module.Mixer, opts, torch.device(device), dtype, seed=seed)
+    return {"name": name, "key": f"{preset}x{factor}", "seed": seed, "device": device,
+            "acc": m["mqar_acc"], "loss": m["mqar_loss"], "seconds": time.perf_counter() - t0}
+
+
+def _job_id(job: tuple[str, str, str, int, int, str]) -> tuple[str, str, int, str]:
+    name, _, preset, factor, seed, device = job
+    return name, f"{preset}x{factor}", seed, device
+
+
+def _done(path: Path | None) -> list[dict[str, object]]:
+    if path is None or not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _run_jobs(jobs: list, args: argparse.Namespace, path: Path | None) -> list[dict[str, object]]:
+    """Run the jobs not in the results file yet, appending each result as it finishes (a run
+    cut short by ``--budget-s`` or a lost machine keeps what it measured); the results of
+    every job asked for."""
+    results = _done(path)
+    have = {(r["name"], r["key"], r["seed"], r["device"]) for r in results}
+    todo = [j for j in jobs if _job_id(j) not in have]
+    t0 = time.perf_counter()
+
+    def keep(r: dict[str, object]) -> None:
+        results.append(r)
+        print(json.dumps(r), flush=True)
+        if path is not None:
+            with path.open("a") as f:
+                f.write(json.dumps(r) + "\n")
+
+    cpu = [j for j in todo if j[5] == "cpu"]
+    gpu = [j for j in todo if j[5] == "cuda"]
+    if cpu and args.part in ("all", "cpu"):
+        with ProcessPoolExecutor(args.workers) as pool:
+            for r in pool.map(measure, cpu):
+                keep(r)
+    if gpu and args.part in ("all", "gpu"):
+        gpu.sort(key=lambda j: j[3])  # every candidate's 1x run before any 4x run
+        for job in gpu:  # one GPU: one run at a time, in this process
+            if args.budget_s is not None and time.perf_counter() - t0 > args.budget_s:
+                break
+            keep(measure(job))
+    wanted = {_job_id(j) for j in jobs}
+    return [r for r in results if (r["name"], r["key"], r["seed"], r["device"]) in wanted]
 
 
 def main() -> None:
@@ -75,21 +133,35 @@ def main() -> None:
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
     p.add_argument("--ladder", action="store_true",
-                   help="rung 0 and rung 1 (CPU form) against rung 1 at --factor x the steps")
+                   help="rung 0 and rung 1 against rung 1 at --factor x the steps")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                   help="where the rung-1 runs train (rung 0 always trains on the CPU)")
+    p.add_argument("--results", type=Path,
+                   help="JSON-lines file: finished runs are appended, runs found there are skipped")
+    p.add_argument("--part", choices=("all", "cpu", "gpu"), default="all",
+                   help="run only the CPU or only the GPU runs (e.g. rung 0 here, rung 1 on a GPU host)")
+    p.add_argument("--budget-s", type=float,
+                   help="start no further GPU run after this many seconds (resume with --results)")
     args = p.parse_args()
+    if args.device == "cuda" and not args.ladder:
+        p.error("--device cuda needs --ladder (rung 0 alone trains on the CPU)")
     cands = candidates(args.variants, seed=1)
     top = f"rung1x{args.factor}" if args.ladder else f"rung0x{args.factor}"
     rungs = [("rung0", 1)] + ([("rung1", 1)] if args.ladder else []) + [(top[:5], args.factor)]
     keys = [f"{preset}x{factor}" for preset, factor in rungs]
-    jobs = [(n, c, preset, f, s) for n, c in cands for preset, f in rungs for s in args.seeds]
+    jobs = [(n, c, preset, f, s, "cpu" if preset == "rung0" else args.device)
+            for n, c in cands for preset, f in rungs for s in args.seeds]
     t0 = time.perf_counter()
-    with ProcessPoolExecutor(args.workers) as pool:
-        results = list(pool.map(measure, jobs))
+    results = _run_jobs(jobs, args, args.results)
+    if len(results) < len(jobs):
+        print(f"\n{len(results)} of {len(jobs)} runs done ({time.perf_counter() - t0:.0f}s this "
+              f"time); run again with --results {args.results} to go on")
+        return
     acc: dict[tuple[str, str], list[float]] = {}
     loss: dict[tuple[str, str], list[float]] = {}
-    for name, key, _, a, lo_, _ in results:
-        acc.setdefault((name, key), []).append(a)
-        loss.setdefault((name, key), []).append(lo_)
+    for r in results:
+        acc.setdefault((str(r["name"]), str(r["key"])), []).append(float(r["acc"]))  # type: ignore[arg-type]
+        loss.setdefault((str(r["name"]), str(r["key"])), []).append(float(r["loss"]))  # type: ignore[arg-type]
     names = [n for n, _ in cands]
 
     def mean(d: dict[tuple[str, str], list[float]], n: str, key: str) -> float:
@@ -100,8 +172,9 @@ def main() -> None:
     for n in names:
         print(f"{n:48}" + "".join(f" {mean(acc, n, k):12.4f}" for k in keys)
               + "".join(f" {mean(loss, n, k):13.4f}" for k in keys))
-    print(f"\n{len(names)} candidates, seeds {args.seeds}, {time.perf_counter() - t0:.0f}s, "
-          f"{args.workers} workers, CPU")
+    seconds = sum(float(r["seconds"]) for r in results)  # type: ignore[arg-type]
+    print(f"\n{len(names)} candidates, seeds {args.seeds}, {seconds:.0f}s of runs in all, "
+          f"rung 1 on {args.device}, {args.workers} CPU workers")
     for key in keys[:-1]:
         rho_acc = spearman([mean(acc, n, key) for n in names], [mean(acc, n, top) for n in names])
         rho_loss = spearman([mean(loss, n, key) for n in names], [mean(loss, n, top) for n in names])
