@@ -1,0 +1,54 @@
+"""The GPU ladder of ``benchmarks/rank_fidelity.py`` is measured in pieces across machines:
+finished runs go to a results file and are skipped on the next call."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import rank_fidelity  # noqa: E402
+
+
+@pytest.fixture
+def measured(monkeypatch: pytest.MonkeyPatch) -> list[tuple]:
+    """A stand-in ``measure`` that records its jobs (threads instead of processes, so the
+    stand-in need not pickle)."""
+    calls: list[tuple] = []
+
+    def measure(job: tuple) -> dict[str, object]:
+        calls.append(job)
+        name, _, preset, factor, seed, device = job
+        return {"name": name, "key": f"{preset}x{factor}", "seed": seed, "device": device,
+                "acc": 0.5, "loss": 1.0, "seconds": 0.0}
+
+    monkeypatch.setattr(rank_fidelity, "measure", measure)
+    monkeypatch.setattr(rank_fidelity, "ProcessPoolExecutor", ThreadPoolExecutor)
+    return calls
+
+
+def _jobs() -> list[tuple]:
+    return [(f"m{i}", "", preset, factor, 0, "cpu" if preset == "rung0" else "cuda")
+            for i in range(3) for preset, factor in (("rung0", 1), ("rung1", 1), ("rung1", 4))]
+
+
+def _args(part: str, budget_s: float | None = None) -> argparse.Namespace:
+    return argparse.Namespace(workers=1, part=part, budget_s=budget_s)
+
+
+def test_the_ladder_resumes_from_its_results_file(measured: list[tuple], tmp_path: Path) -> None:
+    path = tmp_path / "ladder.jsonl"
+    jobs = _jobs()
+    assert rank_fidelity._run_jobs(jobs, _args("gpu", budget_s=-1.0), path) == []  # spent
+    cpu = rank_fidelity._run_jobs(jobs, _args("cpu"), path)
+    assert len(cpu) == 3 and [j[5] for j in measured] == ["cpu"] * 3
+    everything = rank_fidelity._run_jobs(jobs, _args("all"), path)
+    assert len(everything) == len(jobs) == len(measured)  # the CPU runs were not run again
+    assert [j[3] for j in measured[3:]] == [1, 1, 1, 4, 4, 4]  # every 1x run before any 4x run
+    assert len(path.read_text().splitlines()) == len(jobs)
+    again = rank_fidelity._run_jobs(jobs, _args("all"), path)
+    assert len(again) == len(jobs) and len(measured) == len(jobs)
