@@ -68,8 +68,8 @@ def autocast_context(device: torch.device, dtype: torch.dtype) -> contextlib.Abs
 # SDPA backends in the order the training stages (MQAR, LM) try them: flash attention first.
 # torch's default on Hopper puts cuDNN attention first, which builds an execution plan on the
 # host at every new shape: 60 ms for a forward and 70 ms for its backward on an H200, while
-# the GPU idles; flash attention's first call at a new shape takes under 1 ms after its first
-# call in the process (docs/PERFORMANCE.md, stop 12). The training stages report accuracy
+# the GPU idles; flash attention's first call at a new shape took 0.9 ms at a small shape,
+# once its first call of the process was made (docs/PERFORMANCE.md, stop 12). The training stages report accuracy
 # and loss, which both kernels compute exactly; the profile stage, which times the mixer,
 # keeps torch's order.
 TRAINING_SDPA_ORDER = ("FLASH_ATTENTION", "EFFICIENT_ATTENTION", "CUDNN_ATTENTION", "MATH")
@@ -92,9 +92,12 @@ def use_sdpa_order(training: bool, device: torch.device) -> None:
     if device.type != "cuda" or get is None or put is None:
         return
     if _default_sdpa_order is None:
-        q = torch.zeros(1, 1, 16, 64, device=device, dtype=torch.bfloat16)
-        with torch.no_grad():
-            F.scaled_dot_product_attention(q, q, q, is_causal=True)
+        try:
+            q = torch.zeros(1, 1, 16, 64, device=device, dtype=torch.bfloat16)
+            with torch.no_grad():
+                F.scaled_dot_product_attention(q, q, q, is_causal=True)
+        except RuntimeError:  # a GPU without bf16 attention kernels: take the order as it reads
+            pass
         _default_sdpa_order = [int(b) for b in get()]
     order = list(_default_sdpa_order)
     if training:
