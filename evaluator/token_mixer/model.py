@@ -68,10 +68,10 @@ def autocast_context(device: torch.device, dtype: torch.dtype) -> contextlib.Abs
 # SDPA backends in the order the training stages (MQAR, LM) try them: flash attention first.
 # torch's default on Hopper puts cuDNN attention first, which builds an execution plan on the
 # host at every new shape: 60 ms for a forward and 70 ms for its backward on an H200, while
-# the GPU idles; flash attention's first call at a new shape took 0.9 ms at a small shape,
-# once its first call of the process was made (docs/PERFORMANCE.md, stop 12). The training stages report accuracy
-# and loss, which both kernels compute exactly; the profile stage, which times the mixer,
-# keeps torch's order.
+# the GPU idles; flash attention's first call at a new (small) shape took 0.9 ms, once its
+# first call of the process was made (docs/PERFORMANCE.md, stop 12). The training stages
+# report accuracy and loss, which both kernels compute exactly; the profile stage, which
+# times the mixer, keeps torch's order.
 TRAINING_SDPA_ORDER = ("FLASH_ATTENTION", "EFFICIENT_ATTENTION", "CUDNN_ATTENTION", "MATH")
 _default_sdpa_order: list[int] | None = None
 

@@ -479,12 +479,16 @@ class Run:
                          self.switch.eager_steps, self.wait_s, self.capture_s)
 
 
+def _sizes(options: MQAROptions) -> tuple[int, int]:
+    """(training examples, held-out examples) of every setting."""
+    return (options.train_examples or options.steps * options.batch_size,
+            options.eval_batches * options.batch_size)
+
+
 def _data_key(options: MQAROptions, setting: MQARSetting, seed: int) -> tuple[Any, ...]:
     """Everything the data of a setting depend on."""
-    n_train = options.train_examples or options.steps * options.batch_size
-    return (n_train, options.eval_batches * options.batch_size, setting.seq_len,
-            setting.num_kv_pairs, options.vocab_size, options.power_a,
-            options.random_non_queries, seed)
+    return (*_sizes(options), setting.seq_len, setting.num_kv_pairs, options.vocab_size,
+            options.power_a, options.random_non_queries, seed)
 
 
 # data drawn ahead of a request by ``predraw`` (a warm child), taken once by ``generate_data``
@@ -506,8 +510,7 @@ def generate_data(options: MQAROptions, setting: MQARSetting, seed: int) -> tupl
     ahead = _PREDRAWN.pop(_data_key(options, setting, seed), None)
     if ahead is not None:
         return ahead
-    n_train = options.train_examples or options.steps * options.batch_size
-    n_test = options.eval_batches * options.batch_size
+    n_train, n_test = _sizes(options)
     common = dict(
         seq_len=setting.seq_len, num_kv_pairs=setting.num_kv_pairs, vocab_size=options.vocab_size,
         power_a=options.power_a, random_non_queries=options.random_non_queries,

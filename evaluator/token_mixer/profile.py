@@ -428,9 +428,9 @@ def timing_exponent(
 
     ``batch`` is the starting batch; it grows by powers of two (up to ``max_batch``, default
     16x the start; straight to the factor that would reach ``min_ms`` if time were proportional
-    to the batch) until the shortest T takes at least ``min_ms`` (default 10 ms on CUDA: below a few ms a
-    small layer is launch-bound and its time does not grow with the work, measured on an H100;
-    0 on CPU). Only points of at least ``min_ms`` enter the fit; with fewer than two, the two
+    to the batch) until the shortest T takes at least ``min_ms`` (default 10 ms on CUDA: below
+    a few ms a small layer is launch-bound and its time does not grow with the work, measured
+    on an H100; 0 on CPU). Only points of at least ``min_ms`` enter the fit; with fewer than two, the two
     largest T are used and the fit is marked unsaturated. A T that runs out of GPU memory ends
     the measurement at the T before it.
     """
