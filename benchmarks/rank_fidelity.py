@@ -88,6 +88,11 @@ def _job_id(job: tuple[str, str, str, int, int, str]) -> tuple[str, str, int, st
     return name, f"{preset}x{factor}", seed, device
 
 
+def _result_id(r: dict[str, object]) -> tuple[object, ...]:
+    """The ``_job_id`` of the job that gave ``r``."""
+    return r["name"], r["key"], r["seed"], r["device"]
+
+
 def _done(path: Path | None) -> list[dict[str, object]]:
     if path is None or not path.exists():
         return []
@@ -99,7 +104,7 @@ def _run_jobs(jobs: list, args: argparse.Namespace, path: Path | None) -> list[d
     cut short by ``--budget-s`` or a lost machine keeps what it measured); the results of
     every job asked for."""
     results = _done(path)
-    have = {(r["name"], r["key"], r["seed"], r["device"]) for r in results}
+    have = {_result_id(r) for r in results}
     todo = [j for j in jobs if _job_id(j) not in have]
     t0 = time.perf_counter()
 
@@ -123,7 +128,7 @@ def _run_jobs(jobs: list, args: argparse.Namespace, path: Path | None) -> list[d
                 break
             keep(measure(job))
     wanted = {_job_id(j) for j in jobs}
-    return [r for r in results if (r["name"], r["key"], r["seed"], r["device"]) in wanted]
+    return [r for r in results if _result_id(r) in wanted]
 
 
 def main() -> None:
@@ -154,8 +159,10 @@ def main() -> None:
     t0 = time.perf_counter()
     results = _run_jobs(jobs, args, args.results)
     if len(results) < len(jobs):
+        again = f"run again with --results {args.results} to go on" if args.results else \
+            "pass --results FILE to keep finished runs between calls"
         print(f"\n{len(results)} of {len(jobs)} runs done ({time.perf_counter() - t0:.0f}s this "
-              f"time); run again with --results {args.results} to go on")
+              f"time); {again}")
         return
     acc: dict[tuple[str, str], list[float]] = {}
     loss: dict[tuple[str, str], list[float]] = {}
