@@ -30,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from evaluator.token_mixer.model import (  # noqa: E402
     MixerFactory, MixerLM, autocast_context, resolve_dtype, seeded, synchronize,
+    use_sdpa_order,
 )
 from evaluator.token_mixer.mqar import MQAROptions, MQARSetting, build_data, run_mqar  # noqa: E402
 from evaluator.token_mixer.seeds import seed_source  # noqa: E402
@@ -96,7 +97,9 @@ def minimal_loop(
     make_mixer: MixerFactory, options: MQAROptions, device: torch.device, dtype: torch.dtype,
     seed: int,
 ) -> float:
-    """Median step time (ms) of the plainest loop over the same model, data and precision."""
+    """Median step time (ms) of the plainest loop over the same model, data and precision, and
+    the same attention kernels (the MQAR stage runs SDPA with flash attention first)."""
+    use_sdpa_order(True, device)
     setting = options.settings[0]
     train, _ = build_data(options, setting, seed, device)
     with seeded(seed, device):
