@@ -37,6 +37,11 @@ not only how much can be recalled. With 8 pairs instead of 16, linear attention 
 (With 16 pairs in 64 tokens every query slot holds a query, so the power law has no effect
 at rung 0; it matters at rung 1.)
 
+Every setting reports its accuracy (``mqar_acc_<tag>``), its query loss, the learning rate
+kept, and the state the model carried: ``mqar_state_<tag>``, the mixer's declared
+``state_size(seq_len)`` at the frame's width times the number of layers (elements per
+sequence), so runs can be compared at matched state size, as Zoology plots recall.
+
 Presets: ``MQAROptions()`` is the tiny rung-0 CPU setting, ``MQAROptions.rung1()`` the GPU
 setting, ``MQAROptions.cpu_fallback()`` a reduced rung-1 for machines without a GPU (reported
 as ``mqar_reduced=1``).
@@ -633,6 +638,24 @@ def _score_key(score: tuple[float, float]) -> tuple[float, float]:
     return (acc, -loss)
 
 
+def _declared_state(make_mixer: MixerFactory, options: MQAROptions) -> dict[str, float]:
+    """``mqar_state_<tag>`` of every setting: the declared ``state_size(seq_len)`` of a mixer
+    of the frame's width (built on the meta device: no memory, no time) times the layers.
+    Empty when the mixer declares none or its code fails here (the stage's training reports a
+    broken mixer; the recurrent stage checks the declaration against the state ``step``
+    really carries)."""
+    try:
+        with torch.device("meta"):
+            mixer = make_mixer(options.d_model, options.num_heads)
+        state_size = getattr(mixer, "state_size", None)
+        if not callable(state_size):
+            return {}
+        return {f"mqar_state_{s.tag}": float(options.n_layers * int(state_size(s.seq_len)))
+                for s in options.settings}
+    except Exception:  # noqa: BLE001 - candidate code
+        return {}
+
+
 def _run_settings(
     make_mixer: MixerFactory, options: MQAROptions, device: torch.device, dtype: torch.dtype,
     seed: int, compiler: MixerCompiler | None, pool: ThreadPoolExecutor,
@@ -690,6 +713,7 @@ def _run_settings(
         metrics[f"mqar_loss_{setting.tag}"] = best.loss
         best_accs.append(best.accuracy)
         best_losses.append(best.loss)
+    metrics.update(_declared_state(make_mixer, options))
     metrics["mqar_acc"] = sum(best_accs) / len(best_accs)
     metrics["mqar_loss"] = sum(best_losses) / len(best_losses)
     metrics["mqar_steps"] = float(total_steps)

@@ -439,3 +439,26 @@ def test_data_drawn_ahead_are_the_same_and_taken_once() -> None:
     for a, b in zip(ahead, fresh):
         for name in ("inputs", "query_pos", "query_val"):
             assert torch.equal(getattr(a, name), getattr(b, name))
+
+
+def test_each_setting_reports_the_declared_state_of_its_layers() -> None:
+    """``mqar_state_<tag>``: layers x ``state_size(seq_len)`` at the frame's width, for
+    comparisons at matched state size; none for a mixer that declares none or whose
+    declaration fails."""
+
+    class Cache(TokenWise):
+        def state_size(self, seq_len: int) -> int:  # a KV cache of the frame's width
+            return 2 * seq_len * self.proj.in_features
+
+    class Broken(TokenWise):
+        def state_size(self, seq_len: int) -> int:
+            raise RuntimeError("no")
+
+    tiny = MQAROptions(settings=((64, 4), (128, 8)), vocab_size=256, n_layers=2, d_model=32,
+                       steps=20, lrs=(3e-3,), eval_batches=1, check_every=10)
+    m = run_mqar(Cache, tiny, CPU, torch.float32, seed=0)
+    assert m["mqar_state_T64_kv4"] == 2 * 2 * 64 * 32
+    assert m["mqar_state_T128_kv8"] == 2 * 2 * 128 * 32
+    for mixer in (TokenWise, Broken):
+        metrics = run_mqar(mixer, tiny, CPU, torch.float32, seed=0)
+        assert not any(k.startswith("mqar_state") for k in metrics)
