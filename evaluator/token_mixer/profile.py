@@ -430,9 +430,9 @@ def timing_exponent(
     16x the start; straight to the factor that would reach ``min_ms`` if time were proportional
     to the batch) until the shortest T takes at least ``min_ms`` (default 10 ms on CUDA: below
     a few ms a small layer is launch-bound and its time does not grow with the work, measured
-    on an H100; 0 on CPU). Only points of at least ``min_ms`` enter the fit; with fewer than two, the two
-    largest T are used and the fit is marked unsaturated. A T that runs out of GPU memory ends
-    the measurement at the T before it.
+    on an H100; 0 on CPU). Only points of at least ``min_ms`` enter the fit; with fewer than
+    two, the two largest T are used and the fit is marked unsaturated. A T that runs out of GPU
+    memory ends the measurement at the T before it.
     """
     lens = tuple(sorted(set(int(t) for t in seq_lens)))
     if len(lens) < 2:

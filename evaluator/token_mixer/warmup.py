@@ -120,7 +120,8 @@ def _stand_in(hidden_size: int, num_heads: int):  # type: ignore[no-untyped-def]
         def forward(self, x):  # type: ignore[no-untyped-def]
             b, t, d = x.shape
             q = self.proj(x).view(b, t, num_heads, d // num_heads).transpose(1, 2)
-            return F.scaled_dot_product_attention(q, q, q, is_causal=True).transpose(1, 2).reshape(b, t, d)
+            y = F.scaled_dot_product_attention(q, q, q, is_causal=True)
+            return y.transpose(1, 2).reshape(b, t, d)
 
     return StandIn()
 
