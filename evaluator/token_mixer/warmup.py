@@ -18,8 +18,9 @@ function of this module's, in this child's private cache directory: nothing of i
 candidate's compile except warm imports. Then it trains a few captured steps of the rung-1
 MQAR frame around a stand-in mixer (a projection and causal SDPA) at the target's precision
 (``_frame``), so the frame's and the attention kernels are loaded before the candidate's first
-capture, and counts a stand-in's FLOPs on the meta device (``_count_flops``), whose first
-use in a process is slow. Last, it draws the data of rung 1's first MQAR setting for seed 0
+capture, and runs the rung-1 profile stage around the stand-in (``_profile``: cuDNN's
+attention plans for the profile's shapes, and the first FLOP count of the process, which is
+slow). Last, it draws the data of rung 1's first MQAR setting for seed 0
 (``mqar.predraw``), which the device would otherwise idle through at the start of the MQAR
 stage; a campaign with another seed or other MQAR data options draws its own as before.
 
@@ -55,7 +56,7 @@ def cuda(dtype: str = "bfloat16") -> None:
         fn = torch.compile(_pointwise, dynamic=False, options=dict(COMPILE_OPTIONS))
         fn(x.float())
         _frame(device, resolve_dtype(dtype))
-        _count_flops()
+        _profile(device, resolve_dtype(dtype))
         # the default rung's first MQAR setting for the default campaign seed (0): the data do
         # not depend on the candidate (about 250 MB of host memory until the request takes them)
         mqar.predraw(mqar.MQAROptions.rung1(), seed=0)
@@ -96,14 +97,19 @@ def _frame(device, dtype, **overrides) -> None:  # type: ignore[no-untyped-def]
         use_sdpa_order(False, device)
 
 
-def _count_flops() -> None:
-    """The profile stage's FLOP count of a stand-in mixer on the meta device: the first use of
-    ``FlopCounterMode`` in a process costs 1.5 s of host time (measured on the 2-core CPU
-    machine; the second call takes milliseconds), which the profile stage would otherwise
-    spend with the GPU idle."""
-    from evaluator.token_mixer.profile import ProfileOptions, _flops_per_token
+def _profile(device, dtype, **overrides) -> None:  # type: ignore[no-untyped-def]
+    """The rung-1 profile stage, through its own code, around the stand-in mixer, with one
+    timed repeat and a short decode. Its layer shapes are the candidate's: with torch's SDPA
+    order, cuDNN attention builds an execution plan on the host at each new shape (about
+    130 ms for a forward and its backward on an H200), and a candidate that calls SDPA with
+    the usual head layout finds the plans built. It also makes the first FLOP count of the
+    process (``FlopCounterMode``'s first use costs 1.5 s of host time on the CPU machine, the
+    second milliseconds). ``overrides`` change the profile options (tests run it small)."""
+    from evaluator.token_mixer.profile import ProfileOptions, run_profile
 
-    _flops_per_token(_stand_in, ProfileOptions(d_model=8, num_heads=1, train_seq_len=4), seed=0)
+    base = dict(decode_contexts=(16,), decode_tokens=1, warmup=1, repeats=1, timing_warmup=1,
+                timing_repeats=1)
+    run_profile(_stand_in, ProfileOptions.rung1(**{**base, **overrides}), device, dtype, seed=0)
 
 
 def _stand_in(hidden_size: int, num_heads: int):  # type: ignore[no-untyped-def]

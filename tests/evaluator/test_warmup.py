@@ -39,7 +39,10 @@ def test_the_frame_warm_up_runs_the_mqar_stage_code() -> None:
     silently on a GPU worker, where the warm-up only prints that it was skipped)."""
     warmup._frame(torch.device("cpu"), torch.float32, batch_size=8, d_model=32,
                   settings=((64, 4),), vocab_size=256)
-    warmup._count_flops()  # likewise the profile stage's FLOP count
+    # likewise the profile stage, with its FLOP count
+    warmup._profile(torch.device("cpu"), torch.float32, d_model=32, num_heads=2, train_tokens=256,
+                    train_seq_len=64, prefill_lens=(16,), state_seq_len=64,
+                    timing_seq_lens=(16, 32), timing_batch=1, timing_d_model=16, timing_num_heads=2)
 
 
 def test_sdpa_order_is_left_alone_on_a_cpu() -> None:
