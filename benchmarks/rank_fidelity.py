@@ -5,7 +5,7 @@ the rung-0 budget and a 4x-step budget, on the baseline zoo plus offline-propose
     python benchmarks/rank_fidelity.py --variants 8 --factor 4 --workers 2 --seeds 0 1
     python benchmarks/rank_fidelity.py --ladder        # rung 0 and rung 1 vs rung 1 at 4x
     python benchmarks/rank_fidelity.py --ladder --device cuda --results ladder.jsonl \\
-        --part gpu --budget-s 1200                     # the GPU ladder, resumable across hosts
+        --part gpu --gpu-workers 4 --budget-s 1200     # the GPU ladder, resumable across hosts
 
 Each candidate is trained twice per seed in the rung-0 MQAR frame (same data, same LR sweep),
 once with the rung-0 step budget and once with ``--factor`` times it; accuracies are averaged
@@ -13,11 +13,14 @@ over ``--seeds``. Prints one row per candidate and the rank correlation (discove
 With ``--ladder`` the top rung is the rung-1 MQAR frame as a CPU runs it
 (``MQAROptions.cpu_fallback``: T 64 / 16 pairs and T 128 / 32 pairs) at ``--factor`` times
 its steps, and both rung 0 and rung 1 are correlated with it. With ``--device cuda`` rung 1
-is the GPU preset (``MQAROptions.rung1``, bf16) and its runs train one at a time on the GPU;
-rung 0 stays on the CPU, as a campaign runs it. ``--results`` keeps every finished run in a
+is the GPU preset (``MQAROptions.rung1``, bf16), trained on the GPU (``--gpu-workers`` at a
+time); rung 0 stays on the CPU, as a campaign runs it. ``--results`` keeps every finished run in a
 JSON-lines file and skips the runs found there, so the ladder can be measured in pieces
 (``--part cpu`` here, ``--part gpu --budget-s`` on a borrowed GPU, the same file carried
-between them); the table is printed once every run is in the file.
+between them); the table is printed once every run is in the file. ``--gpu-workers`` trains
+that many GPU runs at once, each in its own process: the rung-1 mixers are small and leave
+most of a large GPU's SMs idle, so with an MPS daemon running (``nvidia-cuda-mps-control -d``)
+their kernels overlap. Without one the GPU time-slices between the processes.
 """
 
 from __future__ import annotations
@@ -25,11 +28,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import multiprocessing
+import os
 import random
 import sys
 import time
 import types
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, Executor, Future, ProcessPoolExecutor, wait
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -99,10 +104,28 @@ def _done(path: Path | None) -> list[dict[str, object]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
+def _pool(workers: int, gpu: bool) -> Executor:
+    """Worker processes for the runs; GPU runs need ``spawn`` (a forked child cannot start
+    CUDA once its parent has)."""
+    if gpu:
+        threads = max(1, (os.cpu_count() or 1) // workers)
+        return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                                   initializer=_share_host, initargs=(threads,))
+    return ProcessPoolExecutor(workers)
+
+
+def _share_host(threads: int) -> None:
+    """Each GPU worker's share of the host's cores (data drawing, compiling)."""
+    import torch
+
+    torch.set_num_threads(threads)
+
+
 def _run_jobs(jobs: list, args: argparse.Namespace, path: Path | None) -> list[dict[str, object]]:
     """Run the jobs not in the results file yet, appending each result as it finishes (a run
     cut short by ``--budget-s`` or a lost machine keeps what it measured); the results of
-    every job asked for."""
+    every job asked for. GPU runs go ``--gpu-workers`` at a time, every 1x run before any 4x
+    run, and none starts after ``--budget-s`` seconds."""
     results = _done(path)
     have = {_result_id(r) for r in results}
     todo = [j for j in jobs if _job_id(j) not in have]
@@ -116,17 +139,27 @@ def _run_jobs(jobs: list, args: argparse.Namespace, path: Path | None) -> list[d
                 f.write(json.dumps(r) + "\n")
 
     cpu = [j for j in todo if j[5] == "cpu"]
-    gpu = [j for j in todo if j[5] == "cuda"]
+    gpu = sorted((j for j in todo if j[5] == "cuda"), key=lambda j: j[3])  # stable: 1x first
     if cpu and args.part in ("all", "cpu"):
-        with ProcessPoolExecutor(args.workers) as pool:
+        with _pool(args.workers, gpu=False) as pool:
             for r in pool.map(measure, cpu):
                 keep(r)
     if gpu and args.part in ("all", "gpu"):
-        gpu.sort(key=lambda j: j[3])  # every candidate's 1x run before any 4x run
-        for job in gpu:  # one GPU: one run at a time, in this process
-            if args.budget_s is not None and time.perf_counter() - t0 > args.budget_s:
-                break
-            keep(measure(job))
+        with _pool(args.gpu_workers, gpu=True) as pool:
+            running: set[Future] = set()
+            while gpu or running:
+                while gpu and len(running) < args.gpu_workers and (
+                        args.budget_s is None or time.perf_counter() - t0 <= args.budget_s):
+                    running.add(pool.submit(measure, gpu.pop(0)))
+                if not running:
+                    break  # out of budget
+                finished, running = wait(running, return_when=FIRST_COMPLETED)
+                for f in finished:
+                    try:
+                        keep(f.result())
+                    except Exception as e:  # noqa: BLE001 - report it, keep the other runs
+                        print(f"a GPU run failed ({type(e).__name__}: {e}); it runs again on the "
+                              "next call", flush=True)
     wanted = {_job_id(j) for j in jobs}
     return [r for r in results if _result_id(r) in wanted]
 
@@ -145,6 +178,9 @@ def main() -> None:
                    help="JSON-lines file: finished runs are appended, runs found there are skipped")
     p.add_argument("--part", choices=("all", "cpu", "gpu"), default="all",
                    help="run only the CPU or only the GPU runs (e.g. rung 0 here, rung 1 on a GPU host)")
+    p.add_argument("--gpu-workers", type=int, default=1,
+                   help="GPU runs at a time, each in its own process (with an MPS daemon running "
+                        "their kernels overlap; without one the GPU time-slices between them)")
     p.add_argument("--budget-s", type=float,
                    help="start no further GPU run after this many seconds (resume with --results)")
     args = p.parse_args()

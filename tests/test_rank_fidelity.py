@@ -27,7 +27,7 @@ def measured(monkeypatch: pytest.MonkeyPatch) -> list[tuple]:
                 "acc": 0.5, "loss": 1.0, "seconds": 0.0}
 
     monkeypatch.setattr(rank_fidelity, "measure", measure)
-    monkeypatch.setattr(rank_fidelity, "ProcessPoolExecutor", ThreadPoolExecutor)
+    monkeypatch.setattr(rank_fidelity, "_pool", lambda workers, gpu: ThreadPoolExecutor(workers))
     return calls
 
 
@@ -36,8 +36,8 @@ def _jobs() -> list[tuple]:
             for i in range(3) for preset, factor in (("rung0", 1), ("rung1", 1), ("rung1", 4))]
 
 
-def _args(part: str, budget_s: float | None = None) -> argparse.Namespace:
-    return argparse.Namespace(workers=1, part=part, budget_s=budget_s)
+def _args(part: str, budget_s: float | None = None, gpu_workers: int = 1) -> argparse.Namespace:
+    return argparse.Namespace(workers=1, part=part, budget_s=budget_s, gpu_workers=gpu_workers)
 
 
 def test_the_ladder_resumes_from_its_results_file(measured: list[tuple], tmp_path: Path) -> None:
@@ -52,3 +52,13 @@ def test_the_ladder_resumes_from_its_results_file(measured: list[tuple], tmp_pat
     assert len(path.read_text().splitlines()) == len(jobs)
     again = rank_fidelity._run_jobs(jobs, _args("all"), path)
     assert len(again) == len(jobs) and len(measured) == len(jobs)
+
+
+def test_gpu_runs_share_the_device_and_stop_at_the_budget(measured: list[tuple], tmp_path: Path) -> None:
+    path = tmp_path / "ladder.jsonl"
+    jobs = _jobs()
+    done = rank_fidelity._run_jobs(jobs, _args("gpu", gpu_workers=2), path)
+    assert len(done) == 6 and sorted(j[3] for j in measured) == [1, 1, 1, 4, 4, 4]
+    assert {j[5] for j in measured} == {"cuda"}
+    assert rank_fidelity._run_jobs(jobs, _args("gpu", budget_s=-1.0, gpu_workers=2), path) == done
+    assert len(measured) == 6  # nothing left to run, and a spent budget starts nothing
