@@ -121,6 +121,28 @@ def _share_host(threads: int) -> None:
     torch.set_num_threads(threads)
 
 
+def _next_gpu_job(todo: list, results: list[dict[str, object]], elapsed: float,
+                  deadline_s: float | None) -> tuple | None:
+    """The next GPU run to start: the first 1x run left; once they have all started, the
+    longest of the longer-budget runs expected to end before ``deadline_s`` (the host's time
+    limit: a run cut off there is lost). A run at ``factor`` x the budget is expected to take
+    ``factor`` x the seconds of the same candidate's 1x run; a run whose 1x run has not
+    finished yet waits for it when there is a deadline."""
+    for job in todo:
+        if job[3] == 1:
+            return job
+    one_x = {(r["name"], r["seed"]): float(r["seconds"])  # type: ignore[arg-type]
+             for r in results if str(r["key"]).endswith("x1") and r["device"] == "cuda"}
+    fits: list[tuple[float, int]] = []
+    for i, (name, _, _, factor, seed, _) in enumerate(todo):
+        seconds = one_x.get((name, seed))
+        if deadline_s is None:
+            fits.append((factor * (seconds or 0.0), -i))
+        elif seconds is not None and elapsed + factor * seconds <= deadline_s:
+            fits.append((factor * seconds, -i))
+    return todo[-max(fits)[1]] if fits else None
+
+
 def _run_jobs(jobs: list, args: argparse.Namespace, path: Path | None) -> list[dict[str, object]]:
     """Run the jobs not in the results file yet, appending each result as it finishes (a run
     cut short by ``--budget-s`` or a lost machine keeps what it measured); the results of
@@ -148,11 +170,15 @@ def _run_jobs(jobs: list, args: argparse.Namespace, path: Path | None) -> list[d
         with _pool(args.gpu_workers, gpu=True) as pool:
             running: set[Future] = set()
             while gpu or running:
-                while gpu and len(running) < args.gpu_workers and (
+                while len(running) < args.gpu_workers and (
                         args.budget_s is None or time.perf_counter() - t0 <= args.budget_s):
-                    running.add(pool.submit(measure, gpu.pop(0)))
+                    job = _next_gpu_job(gpu, results, time.perf_counter() - t0, args.deadline_s)
+                    if job is None:
+                        break
+                    gpu.remove(job)
+                    running.add(pool.submit(measure, job))
                 if not running:
-                    break  # out of budget
+                    break  # out of budget, or no run left that would end before the deadline
                 finished, running = wait(running, return_when=FIRST_COMPLETED)
                 for f in finished:
                     try:
@@ -181,6 +207,9 @@ def main() -> None:
     p.add_argument("--gpu-workers", type=int, default=1,
                    help="GPU runs at a time, each in its own process (with an MPS daemon running "
                         "their kernels overlap; without one the GPU time-slices between them)")
+    p.add_argument("--deadline-s", type=float,
+                   help="start no longer-budget GPU run expected to end after this many seconds "
+                        "(factor x its 1x run's seconds): the host's time limit")
     p.add_argument("--budget-s", type=float,
                    help="start no further GPU run after this many seconds (resume with --results)")
     args = p.parse_args()

@@ -36,8 +36,10 @@ def _jobs() -> list[tuple]:
             for i in range(3) for preset, factor in (("rung0", 1), ("rung1", 1), ("rung1", 4))]
 
 
-def _args(part: str, budget_s: float | None = None, gpu_workers: int = 1) -> argparse.Namespace:
-    return argparse.Namespace(workers=1, part=part, budget_s=budget_s, gpu_workers=gpu_workers)
+def _args(part: str, budget_s: float | None = None, gpu_workers: int = 1,
+          deadline_s: float | None = None) -> argparse.Namespace:
+    return argparse.Namespace(workers=1, part=part, budget_s=budget_s, gpu_workers=gpu_workers,
+                              deadline_s=deadline_s)
 
 
 def test_the_ladder_resumes_from_its_results_file(measured: list[tuple], tmp_path: Path) -> None:
@@ -62,3 +64,21 @@ def test_gpu_runs_share_the_device_and_stop_at_the_budget(measured: list[tuple],
     assert {j[5] for j in measured} == {"cuda"}
     assert rank_fidelity._run_jobs(jobs, _args("gpu", budget_s=-1.0, gpu_workers=2), path) == done
     assert len(measured) == 6  # nothing left to run, and a spent budget starts nothing
+
+
+def test_longer_runs_start_longest_first_and_only_if_they_end_before_the_deadline() -> None:
+    def job(name: str, factor: int) -> tuple:
+        return (name, "", "rung1", factor, 0, "cuda")
+
+    def ran(name: str, seconds: float) -> dict[str, object]:
+        return {"name": name, "key": "rung1x1", "seed": 0, "device": "cuda", "seconds": seconds}
+
+    todo = [job("a", 4), job("b", 4), job("c", 4), job("d", 1)]
+    pick = rank_fidelity._next_gpu_job
+    assert pick(todo, [], 0.0, None) == job("d", 1)  # 1x runs first
+    todo.pop()
+    done = [ran("a", 10.0), ran("b", 30.0)]  # c's 1x run still running
+    assert pick(todo, done, 0.0, None) == job("b", 4)  # the longest first
+    assert pick(todo, done, 0.0, 100.0) == job("a", 4)  # b (120 s) would not end in time
+    assert pick(todo, done, 70.0, 100.0) is None  # nor would a (40 s); c has no estimate
+    assert pick(todo, done + [ran("c", 5.0)], 70.0, 100.0) == job("c", 4)
