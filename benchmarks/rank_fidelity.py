@@ -64,7 +64,7 @@ def candidates(n_variants: int, seed: int) -> list[tuple[str, str]]:
 
 
 def measure(job: tuple[str, str, str, int, int, str]) -> dict[str, object]:
-    """One MQAR run: {name, key, seed, device, acc, loss, seconds}; the rung key is
+    """One MQAR run: {name, key, seed, device, acc, loss, steps, seconds}; the rung key is
     ``"<preset>x<factor>"`` with preset ``rung0`` (the default options, always on the CPU as a
     campaign runs rung 0) or ``rung1`` (``MQAROptions.rung1`` on a GPU, its CPU form
     ``cpu_fallback`` on a CPU)."""
@@ -86,7 +86,8 @@ def measure(job: tuple[str, str, str, int, int, str]) -> dict[str, object]:
     t0 = time.perf_counter()
     m = run_mqar(module.Mixer, opts, torch.device(device), dtype, seed=seed)
     return {"name": name, "key": f"{preset}x{factor}", "seed": seed, "device": device,
-            "acc": m["mqar_acc"], "loss": m["mqar_loss"], "seconds": time.perf_counter() - t0}
+            "acc": m["mqar_acc"], "loss": m["mqar_loss"], "steps": m["mqar_steps"],
+            "seconds": time.perf_counter() - t0}
 
 
 def _job_id(job: tuple[str, str, str, int, int, str]) -> tuple[str, str, int, str]:
