@@ -255,7 +255,8 @@ def main() -> None:
     for n in names:
         print(f"{n:48}" + "".join(f" {mean(acc, n, k):12.4f}" for k in keys)
               + "".join(f" {mean(loss, n, k):13.4f}" for k in keys))
-    seconds = sum(float(r["seconds"]) for r in results if r["name"] in names)  # type: ignore[arg-type]
+    shown = [r for r in results if r["name"] in names]
+    seconds = sum(float(r["seconds"]) for r in shown)  # type: ignore[arg-type]
     print(f"\n{len(names)} candidates, seeds {args.seeds}, {seconds:.0f}s of runs in all, "
           f"rung 1 on {args.device}, {args.workers} CPU workers")
     for key in keys[:-1]:

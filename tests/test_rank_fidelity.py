@@ -56,7 +56,8 @@ def test_the_ladder_resumes_from_its_results_file(measured: list[tuple], tmp_pat
     assert len(again) == len(jobs) and len(measured) == len(jobs)
 
 
-def test_gpu_runs_share_the_device_and_stop_at_the_budget(measured: list[tuple], tmp_path: Path) -> None:
+def test_gpu_runs_share_the_device_and_stop_at_the_budget(measured: list[tuple],
+                                                          tmp_path: Path) -> None:
     path = tmp_path / "ladder.jsonl"
     jobs = _jobs()
     done = rank_fidelity._run_jobs(jobs, _args("gpu", gpu_workers=2), path)
