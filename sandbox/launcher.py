@@ -14,10 +14,10 @@ How an evaluation ended, in order of precedence: a harness ``error`` frame -> Sa
 (the caller maps it to ``infra``); a frame that fails verification -> ``policy``; the driver's
 deadline -> ``timeout``; SIGXCPU (or SIGKILL after the CPU budget) -> ``timeout``; any other
 signal -> ``killed``, or ``oom`` when the child died of SIGKILL while the kernel's count of
-OOM kills (``oom_kill`` in /proc/vmstat) went up (a namespaced child's PID 1 exits with 128 +
-the signal that killed the harness); an exit without a ``done`` frame ->
-``import`` during load, else ``runtime``. Otherwise ``oom`` comes from the harness, which sees
-the allocator's error type.
+OOM kills (``oom_kill`` in /proc/vmstat) went up (a namespaced child's monitor dies of the
+signal that killed the harness, so an exit code of 137 is the candidate's own); an exit
+without a ``done`` frame -> ``import`` during load, else ``runtime``. Otherwise ``oom`` comes
+from the harness, which sees the allocator's error type.
 """
 
 from __future__ import annotations
@@ -379,11 +379,7 @@ class Child:
         """The failure for the stage that was running when the child stopped."""
         stage = watch.current or watch.next_stage()
         cpu = self._status[1] if self._status else 0.0
-        sig = -code if code < 0 else None
-        if sig is None and self.report is not None and self.report.mode != "none" and 128 < code < 160:
-            # PID 1 of the child's PID namespace cannot die of a signal it sends itself: when
-            # the harness was killed, it exits with 128 + the signal instead, as shells do
-            sig = code - 128
+        sig = -code if code < 0 else None  # the monitor dies of the harness's signal (runner)
         if watch.tamper:
             kind, message = FailureKind.POLICY, watch.tamper + " (forged or corrupted result)"
         elif watch.timed_out == "stage":

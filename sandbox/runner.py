@@ -108,11 +108,15 @@ def _mirror(status: int) -> None:
         sig = os.WTERMSIG(status)
         with contextlib.suppress(OSError, ValueError):
             resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-            if syscalls.AVAILABLE:
+        if syscalls.AVAILABLE:
+            with contextlib.suppress(OSError):
                 syscalls.prctl(syscalls.PR_SET_DUMPABLE, 0)
-            signal.signal(sig, signal.SIG_DFL)
+        if sig not in (signal.SIGKILL, signal.SIGSTOP):  # no handler can be set for these two
+            with contextlib.suppress(OSError, ValueError):
+                signal.signal(sig, signal.SIG_DFL)
+        with contextlib.suppress(OSError):
             os.kill(os.getpid(), sig)
-        os._exit(128 + sig)
+        os._exit(128 + sig)  # not reached: the driver reads 128 + sig as an exit code
     os._exit(os.waitstatus_to_exitcode(status) & 0xFF)
 
 

@@ -16,7 +16,8 @@ Stages (options in ``StageSpec.options``):
 - ``gpus``: reports ``CUDA_VISIBLE_DEVICES`` of the child (-1 when unset);
 - ``constraint``: fails with kind ``complexity`` when ``options["fail"]`` is true;
 - ``boom``: raises ``StageFailure(options["kind"])`` so tests can check kinds pass through;
-- ``sigkill``: the child sends itself SIGKILL (as the kernel's OOM killer would).
+- ``sigkill``: the child sends itself SIGKILL (as the kernel's OOM killer would);
+- ``exit``: the child exits at once with ``options["code"]`` (``os._exit``).
 """
 
 from __future__ import annotations
@@ -130,6 +131,10 @@ class FakeTask:
             import signal
 
             os.kill(os.getpid(), signal.SIGKILL)
+        elif kind == "exit":
+            import os
+
+            os._exit(int(stage.options.get("code", 1)))
         elif kind == "boom":
             raise StageFailure(FailureKind(stage.options.get("kind", "nan")), "boom")
         return StageResult(stage=stage.name, target=target.name, rung=stage.rung, ok=True,

@@ -69,8 +69,18 @@ def test_a_sigkill_is_oom_when_the_kernel_counted_an_oom_kill_meanwhile(
     outcome = run(TRIVIAL, names=("build", "sigkill", "forward"))
     assert [r.stage for r in outcome.results] == ["load", "build", "sigkill"]
     failure = outcome.first_failure
-    assert failure.failure_kind is kind and outcome.exit_code in (-9, 128 + 9), failure.message
+    assert failure.failure_kind is kind and outcome.exit_code == -9, failure.message
     assert ("OOM killer" in failure.message) == (kind is FailureKind.OOM), failure.message
+
+
+def test_an_exit_code_of_137_is_the_candidates_own_not_a_sigkill() -> None:
+    """The namespace's monitor dies of the harness's signal, so a candidate that exits with
+    128 + 9 itself is a runtime failure with that code, not a kill."""
+    outcome = run(TRIVIAL, specs=stages("build", "exit", exit={"code": 137}))
+    failure = outcome.first_failure
+    assert failure.failure_kind is FailureKind.RUNTIME, failure.message
+    assert "exited with code 137 during stage 'exit'" in failure.message
+    assert outcome.exit_code == 137
 
 
 def test_the_oom_kill_count_is_read_from_the_kernel() -> None:
