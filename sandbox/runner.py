@@ -116,7 +116,7 @@ def _mirror(status: int) -> None:
                 signal.signal(sig, signal.SIG_DFL)
         with contextlib.suppress(OSError):
             os.kill(os.getpid(), sig)
-        os._exit(128 + sig)  # not reached: the driver reads 128 + sig as an exit code
+        os._exit(128 + sig)  # only if the signal did not end this process (then read as a code)
     os._exit(os.waitstatus_to_exitcode(status) & 0xFF)
 
 
