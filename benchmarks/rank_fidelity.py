@@ -19,9 +19,9 @@ JSON-lines file and skips the runs found there, so the ladder can be measured in
 (``--part cpu`` here, ``--part gpu --budget-s`` on a borrowed GPU, the same file carried
 between them); the table is printed once every run is in the file. ``--gpu-workers`` trains
 that many GPU runs at once, each in its own process: with an MPS daemon running
-(``nvidia-cuda-mps-control -d``) the small rung-1 mixers' kernels overlap (4 at once gave
-about 1.4x the throughput of one at a time on an H200). Without one the GPU time-slices
-between the processes.
+(``bash benchmarks/with_mps.sh python benchmarks/rank_fidelity.py ...`` starts a private one)
+the small rung-1 mixers' kernels overlap (4 at once gave about 1.4x the throughput of one at
+a time on an H200). Without one the GPU time-slices between the processes.
 """
 
 from __future__ import annotations
