@@ -164,7 +164,7 @@ def _run_jobs(jobs: list, args: argparse.Namespace, path: Path | None) -> list[d
                 f.write(json.dumps(r) + "\n")
 
     cpu = [j for j in todo if j[5] == "cpu"]
-    gpu = sorted((j for j in todo if j[5] == "cuda"), key=lambda j: j[3])  # stable: 1x first
+    gpu = [j for j in todo if j[5] == "cuda"]  # _next_gpu_job starts every 1x run first
     if cpu and args.part in ("all", "cpu"):
         with _pool(args.workers, gpu=False) as pool:
             for r in pool.map(measure, cpu):
