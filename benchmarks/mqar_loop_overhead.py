@@ -180,7 +180,8 @@ def main() -> None:
         boxed["run_mqar, sandboxed"] = options
     variants.update({k: [] for k in boxed})
     eager: dict[str, list[float]] = {k: [] for k in boxed}
-    minimal_loop(make_mixer, options.model_copy(update={"steps": min(50, args.steps)}),
+    warm = min(50, args.steps)
+    minimal_loop(make_mixer, options.model_copy(update={"steps": warm, "check_every": min(check, warm)}),
                  device, dtype, 0)  # warm-up: kernels, allocator, lazy imports
     flags: dict[str, float] = {}
     for _ in range(args.rounds):
