@@ -11,6 +11,11 @@ NaN check. The two alternate ``--rounds`` times in one process so drift hits bot
     python benchmarks/mqar_loop_overhead.py                      # CPU, rung-0 shapes
     python benchmarks/mqar_loop_overhead.py --preset rung1 --device cuda --dtype bfloat16 --sandbox
 
+Each run trains the preset's step budget unless ``--steps`` says otherwise. A sandboxed run
+is a fresh process, so on CUDA it compiles the mixers beside its first steps and trains them
+eagerly until the compiler is done (``eager steps`` in the table); a run much shorter than a
+campaign's (``--steps 300``) never gets to the compiled mixers.
+
 Acceptance (issue 5): run_mqar's step time within 10% of the minimal loop's.
 """
 
@@ -137,7 +142,8 @@ def main() -> None:
     parser.add_argument("--preset", default="rung0", choices=["rung0", "rung1", "cpu_fallback"])
     parser.add_argument("--mixer", default=None, help="seed name or candidate file (default: SDPA)")
     parser.add_argument("--setting", default=None, help="T,K (default: the preset's largest)")
-    parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--steps", type=int, default=None,
+                        help="steps a run (default: the preset's budget, as long as a campaign's run)")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
     parser.add_argument("--sandbox", action="store_true",
@@ -148,6 +154,7 @@ def main() -> None:
     device, dtype = torch.device(args.device), resolve_dtype(args.dtype)
     base = {"rung0": MQAROptions, "rung1": MQAROptions.rung1,
             "cpu_fallback": MQAROptions.cpu_fallback}[args.preset]()
+    args.steps = args.steps or base.steps
     if args.setting:
         t, k = (int(v) for v in args.setting.split(","))
         setting = MQARSetting(seq_len=t, num_kv_pairs=k)
