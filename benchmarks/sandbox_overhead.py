@@ -10,6 +10,8 @@ evaluation, not the cost of a real stage. "in-process" runs the same harness (po
 module load, integrity checks, stages) in this process with torch already imported, as a
 long-running driver without a sandbox would. "warm pool" measures the latency of one
 evaluation when a ready child is waiting (the pool refills in the background between runs).
+"cold, no memory cgroup" alternates with the cold spawns, with the child's own memory cgroup
+(``sandbox.cgroup``) switched off: the cost of making, reading and removing it.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from evaluator.types import StageSpec  # noqa: E402
 from sandbox.api import EvalRequest, SandboxLimits  # noqa: E402
 from sandbox.harness import Harness  # noqa: E402
 from sandbox.integrity import ModuleSnapshot  # noqa: E402
-from sandbox.launcher import run_evaluation  # noqa: E402
+from sandbox.launcher import IsolationConfig, run_evaluation  # noqa: E402
 from sandbox.pool import SandboxPool  # noqa: E402
 
 CANDIDATE = '''
@@ -57,9 +59,9 @@ def in_process(snapshot: ModuleSnapshot) -> float:
     return wall
 
 
-def cold() -> float:
+def cold(config: IsolationConfig | None = None) -> float:
     start = time.perf_counter()
-    outcome = run_evaluation(REQUEST, LIMITS)
+    outcome = run_evaluation(REQUEST, LIMITS, isolation_config=config)
     wall = time.perf_counter() - start
     assert outcome.ok, outcome.first_failure
     return wall
@@ -94,19 +96,25 @@ def main() -> None:
     snapshot = ModuleSnapshot()
     in_process(snapshot)  # warm-up: first-time imports of the task and torch kernels
     base = [in_process(snapshot) for _ in range(args.repeats)]
-    cold_samples = [cold() for _ in range(args.cold_repeats)]
+    cold_samples, bare_samples = [], []
+    for _ in range(args.cold_repeats):
+        cold_samples.append(cold())
+        bare_samples.append(cold(IsolationConfig(memory_cgroup=False)))
     with SandboxPool(args.pool_size) as pool:
         warm(pool)  # the first pooled child also pays the task's first-time imports
         warm_samples = [warm(pool) for _ in range(args.repeats)]
-        report = run_evaluation(REQUEST, LIMITS).results[0].artifacts["isolation"]
+        artifacts = run_evaluation(REQUEST, LIMITS).results[0].artifacts
+        report = artifacts["isolation"]
 
     baseline = statistics.median(base)
     print(f"sandbox overhead: {platform.node()}, {os.cpu_count()} CPUs, Python "
           f"{platform.python_version()}, torch {torch.__version__}, isolation mode "
-          f"{report['mode']} (seccomp={report['seccomp']}, landlock={report['landlock']})")
+          f"{report['mode']} (seccomp={report['seccomp']}, landlock={report['landlock']}), memory "
+          f"cgroup {artifacts.get('memory_cgroup', {}).get('version', 'none')}")
     print(f"{'path':<22}{'n':>4}{'median ms':>11}{'min':>9}{'max':>9}{'added ms':>12}")
     print(summarize("in-process", base, None))
     print(summarize("sandbox, cold spawn", cold_samples, baseline))
+    print(summarize("cold, no memory cgroup", bare_samples, baseline))
     print(summarize("sandbox, warm pool", warm_samples, baseline))
 
 

@@ -46,8 +46,9 @@ What is not guaranteed:
   harness or read its key. The static policy (``sandbox.policy``) blocks the known routes and
   a run-time snapshot (``sandbox.integrity``) catches module rewiring that persists; both
   are best effort. Containment of the host does not depend on them.
-- Memory accounting of tmpfs scratch space (bounded by the tmpfs size instead), GPU memory,
-  and the kernel OOM killer (a SIGKILL from it is reported as ``killed``, not ``oom``).
+- Memory accounting of tmpfs scratch space (bounded by the tmpfs size instead) and GPU
+  memory. The kernel OOM killer's SIGKILL is told apart per child only where the child gets a
+  memory cgroup of its own (``sandbox.cgroup``); elsewhere by the machine-wide count.
 - Side channels (timing, CPU contention with other evaluations).
 """
 

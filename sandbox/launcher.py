@@ -13,9 +13,11 @@ bounded tail buffer so that a flood can neither block the child nor fill the dri
 How an evaluation ended, in order of precedence: a harness ``error`` frame -> SandboxError
 (the caller maps it to ``infra``); a frame that fails verification -> ``policy``; the driver's
 deadline -> ``timeout``; SIGXCPU (or SIGKILL after the CPU budget) -> ``timeout``; any other
-signal -> ``killed``, or ``oom`` when the child died of SIGKILL while the kernel's count of
-OOM kills (``oom_kill`` in /proc/vmstat) went up (a namespaced child's monitor dies of the
-signal that killed the harness, so an exit code of 137 is the candidate's own); an exit
+signal -> ``killed``, or ``oom`` when the child died of SIGKILL while the kernel's OOM killer
+struck it: counted in the child's own memory cgroup where the host allows one
+(``sandbox.cgroup``), else by the machine-wide count (``oom_kill`` in /proc/vmstat), which rises
+for any process (a namespaced child's monitor dies of the signal that killed the harness, so
+an exit code of 137 is the candidate's own); an exit
 without a ``done`` frame -> ``import`` during load, else ``runtime``. Otherwise ``oom`` comes
 from the harness, which sees the allocator's error type.
 """
@@ -41,6 +43,7 @@ from pydantic import BaseModel, ConfigDict
 from evaluator.types import FailureKind, StageResult
 from sandbox import isolation
 from sandbox.api import EvalOutcome, EvalRequest, SandboxLimits
+from sandbox.cgroup import MemoryCgroup
 from sandbox.protocol import (DoneEvent, ErrorEvent, FrameReader, IsolationReport,
                               LaunchRequest, Mode, ReadyEvent, ResolvedLimits, SpawnConfig,
                               StageResultEvent, StageStartEvent, TamperError)
@@ -74,6 +77,8 @@ class IsolationConfig(BaseModel):
     extra_read_paths: tuple[str, ...] = ()
     spawn_timeout_s: float = 120.0
     tmpfs_bytes: int = 512 * 1024 * 1024
+    memory_cgroup: bool = True  # a memory cgroup per child where the host allows (sandbox.cgroup)
+    cgroup_limit_bytes: int | None = None  # a hard limit on the child's whole process tree
 
 
 def _signal_name(sig: int) -> str:
@@ -179,6 +184,8 @@ class Child:
         self._pump: threading.Thread | None = None
         self._used = False
         self._oom_kills: int | None = None  # the kernel's OOM-kill count when the request went out
+        self._cgroup: MemoryCgroup | None = None  # this child's own memory cgroup, if any
+        self._cgroup_limit: int | None = None  # the hard limit set on it, if any
         self.gpus: tuple[str | None, ...] = ()  # the GPU variables it was spawned with
 
     # ------------------------------------------------------------------ start
@@ -206,6 +213,11 @@ class Child:
         for fd in (req_r, res_w, out_w):
             os.close(fd)
         self._fds = {"request": req_w, "result": res_r, "output": out_r}
+        if self.config.memory_cgroup:  # before the spawn config: all it starts is born inside
+            self._cgroup = MemoryCgroup.create()
+            if self._cgroup is not None and not self._cgroup.attach(self._proc.pid):
+                self._cgroup.remove()
+                self._cgroup = None
         self._pump = threading.Thread(target=_pump, args=(out_r, self.tail), daemon=True,
                                       name=f"sandbox-output-{self._proc.pid}")
         self._pump.start()
@@ -311,7 +323,10 @@ class Child:
         resolved, wall = resolve_limits(request, limits)
         self.tail.capacity = limits.max_output_bytes
         start = time.monotonic()
-        self._oom_kills = oom_kills()
+        limit = self.config.cgroup_limit_bytes
+        if self._cgroup is not None and limit is not None and self._cgroup.set_limit(limit):
+            self._cgroup_limit = limit
+        self._oom_kills = self._oom_count()
         try:
             self._send(LaunchRequest(request=request, limits=resolved,
                                      static_policy=static_policy).model_dump_json().encode()
@@ -322,6 +337,8 @@ class Child:
             # Kill at once only when the driver decided the child must stop; after EOF or
             # ``done`` give it a moment to exit on its own, so its real status is reported.
             code = self._finish(kill=bool(watch.timed_out or watch.tamper))
+            oom = self._oom_killed()  # read before _cleanup removes the child's cgroup
+            memory = self._memory_report()
         except BaseException:
             self.discard()
             raise
@@ -331,9 +348,11 @@ class Child:
         results = list(watch.results)
         if not watch.done and not (watch.complete(request) and watch.current is None
                                    and not (watch.tamper or watch.timed_out)):
-            results.append(self._ending(watch, resolved, code))
+            results.append(self._ending(watch, resolved, code, oom))
         if results and results[0].stage == "load":
             artifacts = {**results[0].artifacts, "isolation": report.model_dump(mode="json")}
+            if memory:
+                artifacts["memory_cgroup"] = memory
             results[0] = results[0].model_copy(update={"artifacts": artifacts})
         return EvalOutcome(results=results, log_tail=self.tail.text(),
                            wall_s=time.monotonic() - start, exit_code=code)
@@ -375,8 +394,9 @@ class Child:
                     for event in events:
                         watch.on_event(event)
 
-    def _ending(self, watch: _Watch, resolved: ResolvedLimits, code: int) -> StageResult:
-        """The failure for the stage that was running when the child stopped."""
+    def _ending(self, watch: _Watch, resolved: ResolvedLimits, code: int, oom: bool) -> StageResult:
+        """The failure for the stage that was running when the child stopped (``oom``: the
+        kernel's OOM killer struck meanwhile)."""
         stage = watch.current or watch.next_stage()
         cpu = self._status[1] if self._status else 0.0
         sig = -code if code < 0 else None  # the monitor dies of the harness's signal (runner)
@@ -392,12 +412,13 @@ class Child:
                                   or (sig == signal.SIGKILL and cpu >= resolved.cpu_seconds)):
             kind = FailureKind.TIMEOUT
             message = f"CPU time limit of {resolved.cpu_seconds} s reached in stage {stage!r}"
-        elif sig == signal.SIGKILL and self._oom_killed():
+        elif sig == signal.SIGKILL and oom:
             kind = FailureKind.OOM
-            message = (f"the kernel's OOM killer ended the child in stage {stage!r}: the machine "
-                       "ran out of memory (lower the stage's sizes, run fewer evaluations per "
-                       "machine, or set the target's memory_limit_gb so allocations fail inside "
-                       "the child instead)")
+            cause = (f"its processes reached their {self._cgroup_limit / (1 << 30):.3g} GiB limit"
+                     if self._cgroup_limit else "the machine ran out of memory")
+            message = (f"the kernel's OOM killer ended the child in stage {stage!r}: {cause} "
+                       "(lower the stage's sizes, run fewer evaluations per machine, or set the "
+                       "target's memory_limit_gb so allocations fail inside the child instead)")
         elif sig is not None:
             kind = FailureKind.KILLED
             message = f"the child was killed by {_signal_name(sig)} in stage {stage!r}"
@@ -413,10 +434,23 @@ class Child:
                                    rung=spec.rung if spec else 0, log_tail=self.tail.text()[-4000:],
                                    wall_s=time.monotonic() - watch.stage_started)
 
+    def _oom_count(self) -> int | None:
+        """The kernel's OOM kills so far: of this child's cgroup where it has one, else of
+        the whole machine (``oom_kills``)."""
+        return self._cgroup.oom_kills() if self._cgroup is not None else oom_kills()
+
     def _oom_killed(self) -> bool:
-        """The kernel's OOM killer struck while this child evaluated (``oom_kills``)."""
-        before, after = self._oom_kills, oom_kills()
+        """The kernel's OOM killer struck while this child evaluated (``_oom_count``)."""
+        before, after = self._oom_kills, self._oom_count()
         return before is not None and after is not None and after > before
+
+    def _memory_report(self) -> dict[str, int | None]:
+        """What the child's memory cgroup saw (empty without one): the process tree's peak
+        memory, resident and page cache, and the OOM kills in it."""
+        if self._cgroup is None:
+            return {}
+        return {"peak_bytes": self._cgroup.peak_bytes(), "oom_kills": self._cgroup.oom_kills(),
+                "limit_bytes": self._cgroup_limit, "version": self._cgroup.version}
 
     # ------------------------------------------------------------------ teardown
     def _kill_strays(self) -> None:
@@ -465,6 +499,9 @@ class Child:
         if self._workdir:
             shutil.rmtree(self._workdir, ignore_errors=True)
             self._workdir = ""
+        if self._cgroup is not None and (self._proc is None or self._status is not None):
+            self._cgroup.remove()
+            self._cgroup = None
         if self.uid is not None and self.report is not None and self.report.mode == "none":
             remove_files_of(self.uid, ("/tmp", "/var/tmp", "/dev/shm"))
 

@@ -66,7 +66,10 @@ def test_a_sigkill_is_oom_when_the_kernel_counted_an_oom_kill_meanwhile(
 
     counts = iter(oom_kills)  # read when the request goes out, then when the child has died
     monkeypatch.setattr(launcher, "oom_kills", lambda: next(counts))
-    outcome = run(TRIVIAL, names=("build", "sigkill", "forward"))
+    # the machine-wide count decides where the child has no memory cgroup (test_cgroup.py)
+    request = EvalRequest(task=FAKE, code=TRIVIAL, stages=stages("build", "sigkill", "forward"))
+    outcome = launcher.run_evaluation(request, SandboxLimits(load_timeout_s=20),
+                                      isolation_config=launcher.IsolationConfig(memory_cgroup=False))
     assert [r.stage for r in outcome.results] == ["load", "build", "sigkill"]
     failure = outcome.first_failure
     assert failure.failure_kind is kind and outcome.exit_code == -9, failure.message
