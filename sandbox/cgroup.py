@@ -12,8 +12,10 @@ driver's cgroup delegates the memory controller (``memory.events``, ``memory.pea
 ``memory.max``). Elsewhere (no permission, no controller) ``MemoryCgroup.create`` returns
 None and the launcher falls back to the machine-wide count.
 
-Each cgroup is named ``archdisco-<driver pid>-<n>`` beside the driver's own; one left behind
-by a driver that died is removed by the next ``create`` once it is empty.
+Each cgroup is named ``archdisco-<driver pid>-<n>`` and made below the driver's own, so the
+limits above it still hold; one left behind by a driver that died is removed by the next
+``create`` once it is empty. Under cgroup v2 a cgroup that holds processes cannot enable
+controllers for its children, so there this works mainly for a driver in the root cgroup.
 """
 
 from __future__ import annotations
@@ -124,7 +126,7 @@ class MemoryCgroup:
 
     @classmethod
     def create(cls) -> MemoryCgroup | None:
-        """A fresh cgroup beside the driver's, or None where the host does not allow one."""
+        """A fresh cgroup below the driver's, or None where the host does not allow one."""
         found = _own_cgroup_dir()
         if found is None:
             return None
