@@ -30,40 +30,46 @@ PREFIX = "archdisco-"
 _counter = itertools.count()
 
 
-def _own_cgroup_dir() -> tuple[Path, int] | None:
-    """The directory of this process's memory cgroup and the cgroup version, or None."""
-    try:
-        mounts = Path("/proc/self/mountinfo").read_text().splitlines()
-        own = Path("/proc/self/cgroup").read_text().splitlines()
-    except OSError:
-        return None
-    v1_path = v2_path = None
-    for line in own:
+def memory_cgroup_dirs(mountinfo: str, own: str) -> list[tuple[Path, int]]:
+    """The directories of a process's memory cgroup with the cgroup version, cgroup v1's
+    ``memory`` hierarchy first (on a hybrid host the controller is bound there, not in v2),
+    from the text of its ``/proc/<pid>/mountinfo`` and ``/proc/<pid>/cgroup``."""
+    paths: dict[int, str] = {}
+    for line in own.splitlines():
         parts = line.split(":", 2)
         if len(parts) != 3:
             continue
         if "memory" in parts[1].split(","):
-            v1_path = parts[2]
+            paths[1] = parts[2]
         elif parts[0] == "0" and parts[1] == "":
-            v2_path = parts[2]
-    for line in mounts:
+            paths[2] = parts[2]
+    found: dict[int, Path] = {}
+    for line in mountinfo.splitlines():
         left, _, right = line.partition(" - ")
         fields, tail = left.split(), right.split()
         if len(fields) < 5 or len(tail) < 3:
             continue
         root, point, fstype, options = fields[3], fields[4], tail[0], tail[2].split(",")
-        for version, path in ((1, v1_path), (2, v2_path)):
-            wanted = "cgroup" if version == 1 else "cgroup2"
-            if path is None or fstype != wanted or (version == 1 and "memory" not in options):
-                continue
-            # the mount shows the hierarchy from ``root``: our cgroup's place below it
-            rel = os.path.relpath(path, root) if root != "/" else path.lstrip("/")
-            if rel.startswith(".."):
-                rel = ""  # a cgroup namespace hides the path above: the mount's root is ours
-            directory = Path(point) / rel
-            if directory.is_dir():
-                return directory, version
-    return None
+        version = {"cgroup": 1, "cgroup2": 2}.get(fstype)
+        if version is None or version in found or version not in paths:
+            continue
+        if version == 1 and "memory" not in options:
+            continue
+        # the mount shows the hierarchy from ``root``: our cgroup's place below it
+        rel = os.path.relpath(paths[version], root)
+        if rel.startswith(".."):
+            rel = "."  # a cgroup namespace hides the path above: the mount's root is ours
+        found[version] = Path(point) / rel
+    return [(found[v], v) for v in sorted(found)]
+
+
+def _own_cgroup_dirs() -> list[tuple[Path, int]]:
+    try:
+        mountinfo = Path("/proc/self/mountinfo").read_text()
+        own = Path("/proc/self/cgroup").read_text()
+    except OSError:
+        return []
+    return [(d, v) for d, v in memory_cgroup_dirs(mountinfo, own) if d.is_dir()]
 
 
 def _read_key(path: Path, key: str) -> int | None:
@@ -125,30 +131,27 @@ class MemoryCgroup:
         self.version = version
 
     @classmethod
-    def create(cls) -> MemoryCgroup | None:
-        """A fresh cgroup below the driver's, or None where the host does not allow one."""
-        found = _own_cgroup_dir()
-        if found is None:
-            return None
-        parent, version = found
-        if version == 2:
-            controllers = (parent / "cgroup.subtree_control")
+    def create(cls, parents: list[tuple[Path, int]] | None = None) -> MemoryCgroup | None:
+        """A fresh cgroup below the driver's (``parents``: where to try, by default this
+        process's memory cgroups), or None where the host does not allow one."""
+        for parent, version in _own_cgroup_dirs() if parents is None else parents:
+            if version == 2:
+                try:
+                    if "memory" not in (parent / "cgroup.subtree_control").read_text().split():
+                        continue  # not delegated: enabling it would need our processes moved
+                except OSError:
+                    continue
+            _sweep(parent)
+            path = parent / f"{PREFIX}{os.getpid()}-{next(_counter)}"
             try:
-                if "memory" not in controllers.read_text().split():
-                    return None  # not delegated: enabling it here would move our own processes
+                path.mkdir()
             except OSError:
-                return None
-        _sweep(parent)
-        path = parent / f"{PREFIX}{os.getpid()}-{next(_counter)}"
-        try:
-            path.mkdir()
-        except OSError:
-            return None
-        group = cls(path, version)
-        if group.oom_kills() is None:  # no readable counter: the group is no use
-            group.remove()
-            return None
-        return group
+                continue
+            group = cls(path, version)
+            if group.oom_kills() is not None:
+                return group
+            group.remove()  # no readable counter: the group is no use
+        return None
 
     def attach(self, pid: int) -> bool:
         """Move ``pid`` into the group; processes it starts afterwards are born in it."""

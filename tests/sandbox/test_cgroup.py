@@ -1,17 +1,19 @@
 """Each sandbox child in a memory cgroup of its own (``sandbox.cgroup``): the kernel's OOM
 kills are counted for that child alone, the process tree's peak memory is reported, and the
-cgroup is gone after the evaluation. Skipped where the host lets the driver make none."""
+cgroup is gone after the evaluation. The end-to-end tests are skipped where the host lets the
+driver make none; the parsing and the cgroup v2 files are tested on stand-ins everywhere."""
 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 
 from evaluator.types import FailureKind, StageSpec
 from sandbox import launcher
 from sandbox.api import EvalRequest, SandboxLimits
-from sandbox.cgroup import PREFIX, MemoryCgroup
+from sandbox.cgroup import PREFIX, MemoryCgroup, memory_cgroup_dirs
 from sandbox.launcher import IsolationConfig, run_evaluation
 from tests.sandbox.fake_task import TRIVIAL
 
@@ -37,7 +39,7 @@ def _probe() -> MemoryCgroup | None:
     return group
 
 
-pytestmark = pytest.mark.skipif(_probe() is None, reason="no memory cgroup can be made here")
+needs_cgroup = pytest.mark.skipif(_probe() is None, reason="no memory cgroup can be made here")
 
 
 def _ours() -> list[str]:
@@ -57,6 +59,7 @@ def evaluate(code: str, names: tuple[str, ...], options: dict | None = None,
     return run_evaluation(request, SandboxLimits(load_timeout_s=20), isolation_config=config)
 
 
+@needs_cgroup
 def test_the_child_reports_its_peak_memory_and_leaves_no_cgroup_behind() -> None:
     outcome = evaluate(HOG, ("build", "forward"), {"forward": {"x": 4}})
     assert outcome.ok, outcome.first_failure
@@ -66,6 +69,7 @@ def test_the_child_reports_its_peak_memory_and_leaves_no_cgroup_behind() -> None
     assert _ours() == []
 
 
+@needs_cgroup
 def test_an_oom_kill_in_the_childs_cgroup_is_oom_with_the_limit_named(
         monkeypatch: pytest.MonkeyPatch) -> None:
     """A hard limit (the test switch) below what the candidate touches, far below its
@@ -80,6 +84,7 @@ def test_an_oom_kill_in_the_childs_cgroup_is_oom_with_the_limit_named(
     assert _ours() == []
 
 
+@needs_cgroup
 def test_a_sigkill_is_not_oom_because_another_process_was_oom_killed(
         monkeypatch: pytest.MonkeyPatch) -> None:
     """The machine-wide count rising (another process's OOM kill) no longer reads as this
@@ -91,11 +96,13 @@ def test_a_sigkill_is_not_oom_because_another_process_was_oom_killed(
     assert failure.failure_kind is FailureKind.KILLED and outcome.exit_code == -9, failure.message
 
 
+@needs_cgroup
 def test_without_the_cgroup_the_machine_wide_count_decides() -> None:
     outcome = evaluate(TRIVIAL, ("build", "forward"), config=IsolationConfig(memory_cgroup=False))
     assert outcome.ok and "memory_cgroup" not in outcome.results[0].artifacts
 
 
+@needs_cgroup
 def test_a_limit_below_what_the_group_already_holds_is_refused() -> None:
     group = MemoryCgroup.create()
     assert group is not None
@@ -106,3 +113,57 @@ def test_a_limit_below_what_the_group_already_holds_is_refused() -> None:
         parent = group.path.parent
         (parent / "cgroup.procs").write_text(f"{os.getpid()}\n")
         assert group.remove()
+
+
+HYBRID_MOUNTS = """\
+30 25 0:26 / /sys/fs/cgroup/unified rw,relatime shared:9 - cgroup2 cgroup2 rw
+35 25 0:31 / /sys/fs/cgroup/memory rw,relatime shared:14 - cgroup cgroup rw,memory
+36 25 0:32 / /sys/fs/cgroup/pids rw,relatime shared:15 - cgroup cgroup rw,pids
+"""
+HYBRID_OWN = "5:pids:/user.slice\n4:memory:/jobs/a\n0::/jobs/a\n"
+
+
+def test_the_v1_memory_hierarchy_comes_first_on_a_hybrid_host() -> None:
+    assert memory_cgroup_dirs(HYBRID_MOUNTS, HYBRID_OWN) == [
+        (Path("/sys/fs/cgroup/memory/jobs/a"), 1), (Path("/sys/fs/cgroup/unified/jobs/a"), 2)]
+
+
+def test_a_v2_only_host_and_a_cgroup_namespace() -> None:
+    mounts = "30 25 0:26 / /sys/fs/cgroup rw - cgroup2 cgroup2 rw,nsdelegate\n"
+    assert memory_cgroup_dirs(mounts, "0::/jobs/b\n") == [(Path("/sys/fs/cgroup/jobs/b"), 2)]
+    # inside a cgroup namespace the mount's root is our own cgroup, the path above it hidden
+    inside = "30 25 0:26 /jobs/b /sys/fs/cgroup rw - cgroup2 cgroup2 rw\n"
+    assert memory_cgroup_dirs(inside, "0::/\n") == [(Path("/sys/fs/cgroup"), 2)]
+    assert memory_cgroup_dirs(inside, "0::/jobs/b/c\n") == [(Path("/sys/fs/cgroup/c"), 2)]
+    # no memory controller in the v1 hierarchies, no v2 line: nothing
+    assert memory_cgroup_dirs(HYBRID_MOUNTS.replace("rw,memory", "rw,cpu"), "4:memory:/x\n") == []
+
+
+def test_cgroup_v2_files_are_read_and_written(tmp_path: Path) -> None:
+    group = MemoryCgroup(tmp_path, 2)
+    (tmp_path / "memory.events").write_text("low 0\nhigh 0\nmax 5\noom 2\noom_kill 1\n")
+    (tmp_path / "memory.peak").write_text("123456\n")
+    (tmp_path / "memory.current").write_text("1000\n")
+    assert group.oom_kills() == 1 and group.peak_bytes() == 123456 and group.usage_bytes() == 1000
+    assert group.set_limit(999) is False and not (tmp_path / "memory.max").exists()
+    assert group.set_limit(4096) is True and (tmp_path / "memory.max").read_text() == "4096\n"
+
+
+def test_v2_without_the_memory_controller_for_children_makes_no_group(tmp_path: Path) -> None:
+    (tmp_path / "cgroup.subtree_control").write_text("cpu pids\n")
+    assert MemoryCgroup.create([(tmp_path, 2)]) is None
+    assert [p.name for p in tmp_path.iterdir()] == ["cgroup.subtree_control"]
+    # a directory that takes the group but has no OOM counter (no cgroup there) is given up
+    (tmp_path / "cgroup.subtree_control").write_text("cpu memory pids\n")
+    assert MemoryCgroup.create([(tmp_path, 2)]) is None
+    assert [p.name for p in tmp_path.iterdir()] == ["cgroup.subtree_control"]
+
+
+def test_a_dead_drivers_empty_group_is_swept(tmp_path: Path) -> None:
+    (tmp_path / "cgroup.subtree_control").write_text("memory\n")
+    dead = 2 ** 22 + 12345  # above the largest pid_max Linux allows: no such process
+    (tmp_path / f"{PREFIX}{dead}-0").mkdir()
+    (tmp_path / f"{PREFIX}{os.getpid()}-99").mkdir()  # ours: kept
+    MemoryCgroup.create([(tmp_path, 2)])
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        f"{PREFIX}{os.getpid()}-99", "cgroup.subtree_control"]
