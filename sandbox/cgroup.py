@@ -2,9 +2,10 @@
 
 The child's whole process tree is charged to it, so the driver can tell what the kernel's OOM
 killer did *to this child* (its ``oom_kill`` count) instead of reading the machine-wide count,
-which rises for any process, and can report the tree's peak resident memory. A hard limit on
-the tree is a test switch for now (``IsolationConfig.cgroup_limit_bytes``): the rlimits stay
-the per-process limit a campaign sets.
+which rises for any process, and can report the tree's peak memory (resident and page cache,
+as the cgroup charges it). A hard limit on the tree is a test switch for now
+(``IsolationConfig.cgroup_limit_bytes``): the rlimits stay the per-process limit a campaign
+sets.
 
 Works with cgroup v1's ``memory`` hierarchy (``memory.oom_control``,
 ``memory.max_usage_in_bytes``, ``memory.limit_in_bytes``) and with cgroup v2 where the
