@@ -6,6 +6,9 @@ driver make none; the parsing and the cgroup v2 files are tested on stand-ins ev
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -167,3 +170,33 @@ def test_a_dead_drivers_empty_group_is_swept(tmp_path: Path) -> None:
     MemoryCgroup.create([(tmp_path, 2)])
     assert sorted(p.name for p in tmp_path.iterdir()) == [
         f"{PREFIX}{os.getpid()}-99", "cgroup.subtree_control"]
+
+
+@needs_cgroup
+def test_a_driver_killed_mid_evaluation_leaves_a_group_the_next_driver_sweeps() -> None:
+    """``kill -9`` of the driver: its child dies with it (the monitor watches its parent),
+    and the empty group it leaves is removed by the next ``create``."""
+    root = Path(__file__).resolve().parents[2]
+    script = ("import sys, time\n"
+              f"sys.path.insert(0, {str(root)!r})\n"
+              "from sandbox.launcher import Child\n"
+              "child = Child().spawn()\n"
+              "child.wait_ready()\n"
+              "print(child._cgroup.path, flush=True)\n"
+              "time.sleep(120)\n")
+    driver = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        group = Path(driver.stdout.readline().strip())
+        assert group.name.startswith(f"{PREFIX}{driver.pid}-")
+        assert (group / "cgroup.procs").read_text().split()  # the child runs inside
+    finally:
+        driver.kill()
+        driver.wait()
+    deadline = time.monotonic() + 10
+    while (group / "cgroup.procs").read_text().split() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert group.is_dir()  # nobody removed it: its driver is gone
+    fresh = MemoryCgroup.create()
+    assert fresh is not None
+    fresh.remove()
+    assert not group.exists()
