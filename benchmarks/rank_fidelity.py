@@ -67,7 +67,8 @@ def candidates(n_variants: int, seed: int) -> list[tuple[str, str]]:
 def measure(job: tuple[str, str, str, int, int, str]) -> dict[str, object]:
     """One MQAR run: {name, key, seed, device, acc, loss, steps, seconds}; the rung key is
     ``"<preset>x<factor>"`` with preset ``rung0`` (the default options, always on the CPU as a
-    campaign runs rung 0) or ``rung1`` (``MQAROptions.rung1`` on a GPU, its CPU form
+    campaign runs rung 0), ``r0T<T>k<K>`` (rung 0 with one other setting, ``--rung0-alt``,
+    also on the CPU) or ``rung1`` (``MQAROptions.rung1`` on a GPU, its CPU form
     ``cpu_fallback`` on a CPU)."""
     name, code, preset, factor, seed, device = job
     import torch
@@ -80,6 +81,9 @@ def measure(job: tuple[str, str, str, int, int, str]) -> dict[str, object]:
     exec(compile(code, "candidate.py", "exec"), module.__dict__)  # trusted seeds and templates
     if preset == "rung0":
         base = MQAROptions()
+    elif preset.startswith("r0T"):
+        t, k = (int(v) for v in preset[3:].split("k"))
+        base = MQAROptions(settings=((t, k),), vocab_size=max(MQAROptions().vocab_size, 2 * t))
     else:
         base = MQAROptions.rung1() if device == "cuda" else MQAROptions.cpu_fallback()
     opts = base.model_copy(update={"steps": base.steps * factor})
@@ -216,6 +220,9 @@ def main() -> None:
     p.add_argument("--partial", action="store_true",
                    help="with runs missing, print the table for the candidates measured at every "
                         "rung (marked PARTIAL)")
+    p.add_argument("--rung0-alt", metavar="T,K",
+                   help="also rung 0 with this one (seq_len, pairs) setting instead of its own "
+                        "(vocabulary grown to 2T where needed), on the CPU")
     p.add_argument("--budget-s", type=float,
                    help="start no further GPU run after this many seconds (resume with --results)")
     args = p.parse_args()
@@ -223,9 +230,14 @@ def main() -> None:
         p.error("--device cuda needs --ladder (rung 0 alone trains on the CPU)")
     cands = candidates(args.variants, seed=1)
     top = f"rung1x{args.factor}" if args.ladder else f"rung0x{args.factor}"
-    rungs = [("rung0", 1)] + ([("rung1", 1)] if args.ladder else []) + [(top[:5], args.factor)]
+    alt = []
+    if args.rung0_alt:
+        t, k = (int(v) for v in args.rung0_alt.split(","))
+        alt = [(f"r0T{t}k{k}", 1)]
+    rungs = ([("rung0", 1)] + alt + ([("rung1", 1)] if args.ladder else [])
+             + [(top[:5], args.factor)])
     keys = [f"{preset}x{factor}" for preset, factor in rungs]
-    jobs = [(n, c, preset, f, s, "cpu" if preset == "rung0" else args.device)
+    jobs = [(n, c, preset, f, s, "cpu" if preset.startswith(("rung0", "r0T")) else args.device)
             for n, c in cands for preset, f in rungs for s in args.seeds]
     t0 = time.perf_counter()
     results = _run_jobs(jobs, args, args.results)
