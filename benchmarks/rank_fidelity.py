@@ -64,6 +64,18 @@ def candidates(n_variants: int, seed: int) -> list[tuple[str, str]]:
     return out
 
 
+def options(preset: str, factor: int, device: str) -> MQAROptions:
+    """The MQAR options of a rung (see ``measure``) at ``factor`` x its steps."""
+    if preset == "rung0":
+        base = MQAROptions()
+    elif preset.startswith("r0T"):
+        t, k = (int(v) for v in preset[3:].split("k"))
+        base = MQAROptions(settings=((t, k),), vocab_size=max(MQAROptions().vocab_size, 2 * t))
+    else:
+        base = MQAROptions.rung1() if device == "cuda" else MQAROptions.cpu_fallback()
+    return base.model_copy(update={"steps": base.steps * factor})
+
+
 def measure(job: tuple[str, str, str, int, int, str]) -> dict[str, object]:
     """One MQAR run: {name, key, seed, device, acc, loss, steps, seconds}; the rung key is
     ``"<preset>x<factor>"`` with preset ``rung0`` (the default options, always on the CPU as a
@@ -79,14 +91,7 @@ def measure(job: tuple[str, str, str, int, int, str]) -> dict[str, object]:
         torch.set_num_threads(1)
     module = types.ModuleType("candidate")
     exec(compile(code, "candidate.py", "exec"), module.__dict__)  # trusted seeds and templates
-    if preset == "rung0":
-        base = MQAROptions()
-    elif preset.startswith("r0T"):
-        t, k = (int(v) for v in preset[3:].split("k"))
-        base = MQAROptions(settings=((t, k),), vocab_size=max(MQAROptions().vocab_size, 2 * t))
-    else:
-        base = MQAROptions.rung1() if device == "cuda" else MQAROptions.cpu_fallback()
-    opts = base.model_copy(update={"steps": base.steps * factor})
+    opts = options(preset, factor, device)
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
     t0 = time.perf_counter()
     m = run_mqar(module.Mixer, opts, torch.device(device), dtype, seed=seed)

@@ -83,3 +83,12 @@ def test_longer_runs_start_longest_first_and_only_if_they_end_before_the_deadlin
     assert pick(todo, done, 0.0, 100.0) == job("a", 4)  # b (120 s) would not end in time
     assert pick(todo, done, 70.0, 100.0) is None  # nor would a (40 s); c has no estimate
     assert pick(todo, done + [ran("c", 5.0)], 70.0, 100.0) == job("c", 4)
+
+
+def test_the_alternative_rung0_setting_keeps_rung0s_budget_and_grows_the_vocabulary() -> None:
+    base = rank_fidelity.options("rung0", 1, "cpu")
+    alt = rank_fidelity.options("r0T128k16", 1, "cpu")
+    assert [(s.seq_len, s.num_kv_pairs) for s in alt.settings] == [(128, 16)]
+    assert alt.vocab_size == 256 > base.vocab_size and alt.steps == base.steps
+    assert alt.lrs == base.lrs
+    assert rank_fidelity.options("r0T128k16", 4, "cpu").steps == 4 * base.steps
