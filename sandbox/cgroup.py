@@ -73,8 +73,9 @@ def _own_cgroup_dirs() -> list[tuple[Path, int]]:
     return [(d, v) for d, v in memory_cgroup_dirs(mountinfo, own) if d.is_dir()]
 
 
-def _read_key(path: Path, key: str) -> int | None:
-    """``key N`` out of a flat-keyed cgroup file."""
+def read_key(path: Path, key: str) -> int | None:
+    """``key N`` out of a flat-keyed file (a cgroup's ``memory.events``, /proc/vmstat), or
+    None where it cannot be read."""
     try:
         for line in path.read_text().splitlines():
             name, _, value = line.partition(" ")
@@ -183,7 +184,7 @@ class MemoryCgroup:
         """Processes of this group the kernel's OOM killer has killed (for any cause: the
         group's limit or the machine running out)."""
         name = "memory.oom_control" if self.version == 1 else "memory.events"
-        return _read_key(self.path / name, "oom_kill")
+        return read_key(self.path / name, "oom_kill")
 
     def peak_bytes(self) -> int | None:
         """The most memory the group held at once (resident memory and page cache)."""

@@ -15,11 +15,11 @@ How an evaluation ended, in order of precedence: a harness ``error`` frame -> Sa
 deadline -> ``timeout``; SIGXCPU (or SIGKILL after the CPU budget) -> ``timeout``; any other
 signal -> ``killed``, or ``oom`` when the child died of SIGKILL while the kernel's OOM killer
 struck it: counted in the child's own memory cgroup where the host allows one
-(``sandbox.cgroup``), else by the machine-wide count (``oom_kill`` in /proc/vmstat), which rises
-for any process (a namespaced child's monitor dies of the signal that killed the harness, so
-an exit code of 137 is the candidate's own); an exit
-without a ``done`` frame -> ``import`` during load, else ``runtime``. Otherwise ``oom`` comes
-from the harness, which sees the allocator's error type.
+(``sandbox.cgroup``), else by the machine-wide count (``oom_kill`` in /proc/vmstat), which
+rises for any process (a namespaced child's monitor dies of the signal that killed the
+harness, so an exit code of 137 is the candidate's own); an exit without a ``done`` frame ->
+``import`` during load, else ``runtime``. Otherwise ``oom`` comes from the harness, which sees
+the allocator's error type.
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ from pydantic import BaseModel, ConfigDict
 from evaluator.types import FailureKind, StageResult
 from sandbox import isolation
 from sandbox.api import EvalOutcome, EvalRequest, SandboxLimits
-from sandbox.cgroup import MemoryCgroup
+from sandbox.cgroup import MemoryCgroup, read_key
 from sandbox.protocol import (DoneEvent, ErrorEvent, FrameReader, IsolationReport,
                               LaunchRequest, Mode, ReadyEvent, ResolvedLimits, SpawnConfig,
                               StageResultEvent, StageStartEvent, TamperError)
@@ -92,14 +92,7 @@ def oom_kills() -> int | None:
     """Processes the kernel's OOM killer has killed since boot (``oom_kill`` in /proc/vmstat,
     Linux 4.13+), or None where the count cannot be read. The machine's memory running out
     ends a child with SIGKILL, which alone cannot be told from any other SIGKILL."""
-    try:
-        with open("/proc/vmstat", encoding="ascii") as fh:
-            for line in fh:
-                if line.startswith("oom_kill "):
-                    return int(line.split()[1])
-    except (OSError, ValueError):
-        pass
-    return None
+    return read_key(Path("/proc/vmstat"), "oom_kill")
 
 
 def physical_memory_bytes() -> int:
@@ -499,7 +492,7 @@ class Child:
         if self._workdir:
             shutil.rmtree(self._workdir, ignore_errors=True)
             self._workdir = ""
-        if self._cgroup is not None and (self._proc is None or self._status is not None):
+        if self._cgroup is not None and self._status is not None:  # its processes are reaped
             self._cgroup.remove()
             self._cgroup = None
         if self.uid is not None and self.report is not None and self.report.mode == "none":
